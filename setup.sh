@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install what pyproxy needs on Debian 12 (as root) into ./.venv. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+packages=(python3 python3-venv python3-pip iptables nftables ipset conntrack iproute2 dnsutils
+          containernetworking-plugins)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
