@@ -127,3 +127,168 @@ def lab_demo(path: str | None) -> None:
         lab_.down()
     click.echo("lab removed")
     sys.exit(0 if ok else 1)
+
+
+# -- the dataplane -----------------------------------------------------------------------------
+
+
+def _default_node() -> str:
+    import socket
+
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def cluster_options(fn):
+    fn = click.option("-f", "--filename", "path", required=True, type=click.Path(exists=True, dir_okay=False),
+                      help="Kubernetes YAML/JSON: Services, EndpointSlices, Nodes")(fn)
+    fn = click.option("--node", default=_default_node, show_default="$NODE_NAME or hostname",
+                      help="the node whose rules to compute")(fn)
+    fn = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+                      help="KubeProxyConfiguration file")(fn)
+    fn = click.option("--backend", type=click.Choice(["iptables"]), default=None,
+                      help="dataplane backend (default: the config's mode)")(fn)
+    fn = click.option("--family", type=click.Choice(["4", "6"]), default="4", show_default=True)(fn)
+    fn = click.option("--cluster-cidr", default=None, help="overrides the config's clusterCIDR")(fn)
+    return fn
+
+
+def _setup(path, node, config_path, backend, cluster_cidr):
+    """Load config and cluster; report invalid objects on stderr, one per line."""
+    from .config import ConfigError, load_config, parse_config
+    from .sources.manifests import ManifestError, load_manifests
+
+    try:
+        config = load_config(config_path)
+        if cluster_cidr:
+            config = config.with_overrides(cluster_cidrs=parse_config({"clusterCIDR": cluster_cidr}).cluster_cidrs)
+        if backend:
+            config = config.with_overrides(mode=backend)
+        cluster = load_manifests(path)
+    except (ConfigError, ManifestError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    for warning in config.warnings:
+        click.echo(f"warning: config: {warning}", err=True)
+    for error in cluster.errors:
+        click.echo(f"skipped: {error}", err=True)
+    if config.mode != "iptables":
+        click.echo(f"error: mode {config.mode!r} is not available yet; use iptables", err=True)
+        sys.exit(2)
+    return config, cluster
+
+
+def _ruleset(config, cluster, node, family):
+    from .iptables.render import render
+    from .view import build_view
+
+    view = build_view(cluster, node)
+    return view, render(view, config, int(family))
+
+
+@main.command()
+@cluster_options
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def dump(path, node, config_path, backend, family, cluster_cidr, output):
+    """Print the rules NODE would get, in iptables-save format."""
+    config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
+    view, ruleset = _ruleset(config, cluster, node, family)
+    if output == "json":
+        _print({"node": node, "family": int(family), "servicePorts": len(view.family(int(family))),
+                "rules": {"filter": ruleset.rule_count("filter"), "nat": ruleset.rule_count("nat")},
+                "text": ruleset.dump_text()}, "json")
+    else:
+        click.echo(ruleset.dump_text(), nl=False)
+
+
+@main.command("diff")
+@cluster_options
+@click.option("--iptables-variant", type=click.Choice(["auto", "legacy", "nft"]), default="auto", show_default=True)
+def diff_cmd(path, node, config_path, backend, family, cluster_cidr, iptables_variant):
+    """Compare the rules NODE should have with the live kernel's (exit 0 same, 1 different, 2 error)."""
+    from .iptables.apply import ApplyError
+    from .iptables.diff import diff
+
+    config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
+    _, ruleset = _ruleset(config, cluster, node, family)
+    try:
+        text, variant = diff(ruleset, iptables_variant)
+    except (ApplyError, OSError, subprocess_error()) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    if text:
+        click.echo(text, nl=False)
+        sys.exit(1)
+    click.echo(f"no differences (iptables-{variant})")
+
+
+def subprocess_error():
+    import subprocess
+
+    return subprocess.CalledProcessError
+
+
+@main.command()
+@cluster_options
+@click.option("--src", required=True, help="source address of the packet")
+@click.option("--dst", required=True, help="destination address")
+@click.option("--dport", required=True, type=click.IntRange(1, 65535))
+@click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"]), default="tcp", show_default=True)
+@click.option("--in-iface", default="", help="interface the packet arrives on (for detectLocalMode by interface)")
+@click.option("--local", "local_origin", is_flag=True, help="the packet is sent by a process on the node")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dport, proto, in_iface,
+          local_origin, output):
+    """Follow a new connection through NODE's rules: where it can go, and the rules it crosses."""
+    from .iptables.trace import Packet, Tracer
+
+    config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
+    view, ruleset = _ruleset(config, cluster, node, family)
+    node_ips = [str(ip) for ip in view.node_ips_of(int(family))]
+    local_origin = local_origin or src in node_ips
+    outcomes = Tracer(ruleset, node_ips).trace(Packet(src, dst, dport, proto, in_iface, local_origin))
+    if output == "json":
+        _print({"packet": {"src": src, "dst": dst, "dport": dport, "proto": proto, "localOrigin": local_origin},
+                "outcomes": [o.to_json() for o in outcomes]}, "json")
+        return
+    click.echo(f"{proto} {src} -> {dst}:{dport} on node {node}{' (from the node itself)' if local_origin else ''}")
+    for o in outcomes:
+        click.echo(f"\n{o.probability:7.2%}  {o.describe()}")
+        for rule in o.rules:
+            click.echo(f"         {rule}")
+
+
+@main.command()
+@cluster_options
+@click.option("--iptables-variant", type=click.Choice(["auto", "legacy", "nft"]), default=None)
+@click.option("--once", is_flag=True, help="sync once and exit")
+@click.option("-v", "--verbose", count=True)
+def run(path, node, config_path, backend, family, cluster_cidr, iptables_variant, once, verbose):
+    """Program NODE's rules from a manifests file and follow the file as it changes."""
+    import logging
+
+    from .daemon import run_from_file
+
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    config, _ = _setup(path, node, config_path, backend, cluster_cidr)
+    if iptables_variant:
+        config = config.with_overrides(iptables_variant=iptables_variant)
+    sys.exit(run_from_file(path, node, config, families=(int(family),), once=once))
+
+
+@main.command()
+@click.option("--iptables-variant", type=click.Choice(["auto", "legacy", "nft", "both"]), default="both",
+              show_default=True)
+def cleanup(iptables_variant):
+    """Remove every rule and chain pyproxy installed (and nothing else), in this network namespace."""
+    from .iptables.apply import ApplyError, IptablesBackend
+
+    variants = ["legacy", "nft"] if iptables_variant == "both" else [iptables_variant]
+    total = 0
+    for variant in variants:
+        for family in (4, 6):
+            try:
+                total += IptablesBackend(family, variant).cleanup()
+            except (ApplyError, FileNotFoundError) as err:
+                click.echo(f"warning: {variant} ipv{family}: {err}", err=True)
+    click.echo(f"removed {total} chains")

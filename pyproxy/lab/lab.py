@@ -209,14 +209,19 @@ class Lab:
                 "net.ipv4.conf.all.send_redirects": "0",
                 "net.ipv4.conf.default.send_redirects": "0",
                 "net.ipv4.conf.eth0.send_redirects": "0",
+                # The kernel allows one ICMP error per destination host per second by default;
+                # tests that expect "refused" right after another error would see a timeout.
+                "net.ipv4.icmp_ratelimit": "0",
                 # As on a real node: bridged pod traffic goes through iptables (br_netfilter), or
                 # a pod's reply to a same-bridge peer skips the Service's reverse NAT.
                 "net.bridge.bridge-nf-call-iptables": "1",
                 "net.bridge.bridge-nf-call-ip6tables": "1",
             })
             routes = [f"route add {other.pod_cidr} via {other.ip}" for other in spec.nodes if other is not node]
-            if routes:
-                ip_batch(ns, routes)
+            # Like a real node, send what it has no route for upstream (the external side, which
+            # does not forward): Service IPs are then routable, as kube-proxy expects.
+            routes.append(f"route add default via {spec.external_ip}")
+            ip_batch(ns, routes)
             self._write_cni_config(node.name, str(node.pod_cidr))
         # The router in front of the cluster: external/LB addresses are reached through node 1.
         ip_batch(self.external_ns, [f"route add {spec.external_network} via {spec.nodes[0].ip}"])

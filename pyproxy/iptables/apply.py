@@ -1,0 +1,217 @@
+"""Reconcile the kernel's iptables with a rendered Ruleset: the only place that runs iptables.
+
+Every write is one `iptables-restore --noflush --wait` call (atomic per table), legacy or nft
+variant. A full sync writes every chain of ours, adds missing jumps from the built-in chains and
+deletes stale service chains it finds with iptables-save. A partial sync writes only what changed
+since the last successful sync: the shared chains whose lines differ and the own chains of
+services whose rendered rules are new (the Renderer hands back the very same object for an
+unchanged service, so "changed" is an identity test). Anything unusual (a failed restore, a
+missing canary) makes the next sync a full one; a failed restore leaves the previous rules.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from .render import CANARY, SERVICE_CHAIN_PREFIXES, Jump, Ruleset, ServiceRules, is_service_chain
+
+# Chains pyproxy (like kube-proxy) owns outright; `cleanup` removes these and the jumps to them.
+OWN_CHAINS = {
+    "filter": ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-FORWARD",
+               "KUBE-PROXY-FIREWALL", "KUBE-FIREWALL", CANARY),
+    "nat": ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", CANARY),
+    "mangle": (CANARY,),
+}
+
+
+class ApplyError(RuntimeError):
+    pass
+
+
+@dataclass
+class SyncResult:
+    full: bool
+    seconds: float
+    chains_written: int
+    chains_deleted: int
+    bytes_written: int
+
+
+@dataclass
+class LiveTable:
+    chains: set[str] = field(default_factory=set)
+    rules: list[str] = field(default_factory=list)  # "-A CHAIN ..." lines as iptables-save prints them
+
+
+def parse_save(text: str) -> dict[str, LiveTable]:
+    tables: dict[str, LiveTable] = {}
+    current = LiveTable()
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:].strip(), LiveTable())
+        elif line.startswith(":"):
+            current.chains.add(line[1:].split()[0])
+        elif line.startswith("-A "):
+            current.rules.append(line)
+    return tables
+
+
+def detect_variant(family: int = 4) -> str:
+    """Follow the host: use the variant that already holds rules, else the system default."""
+    base = "iptables" if family == 4 else "ip6tables"
+    counts = {}
+    for variant in ("legacy", "nft"):
+        tool = f"{base}-{variant}-save"
+        if shutil.which(tool):
+            out = subprocess.run([tool], capture_output=True, text=True).stdout
+            counts[variant] = sum(1 for line in out.splitlines() if line.startswith("-A "))
+    if counts.get("legacy", 0) > counts.get("nft", 0):
+        return "legacy"
+    if counts.get("nft", 0):
+        return "nft"
+    version = subprocess.run([base, "--version"], capture_output=True, text=True).stdout
+    return "legacy" if "legacy" in version else "nft"
+
+
+class IptablesBackend:
+    def __init__(self, family: int = 4, variant: str = "auto") -> None:
+        self.family = family
+        self.variant = detect_variant(family) if variant == "auto" else variant
+        base = "iptables" if family == 4 else "ip6tables"
+        self.tool = f"{base}-{self.variant}"
+        self.save_tool = f"{base}-{self.variant}-save"
+        self.restore_tool = f"{base}-{self.variant}-restore"
+        self._services: dict[str, ServiceRules] | None = None  # what the kernel holds, by service port
+        self._shared: dict[tuple[str, str], list[str]] = {}
+
+    # -- kernel I/O --------------------------------------------------------------------------------
+
+    def save(self, *tables: str) -> dict[str, LiveTable]:
+        out: dict[str, LiveTable] = {}
+        for table in tables:
+            proc = subprocess.run([self.save_tool, "-t", table], capture_output=True, text=True)
+            if proc.returncode:
+                raise ApplyError(f"{self.save_tool} -t {table}: {proc.stderr.strip()}")
+            out.update(parse_save(proc.stdout))
+            out.setdefault(table, LiveTable())
+        return out
+
+    def restore(self, text: str) -> None:
+        proc = subprocess.run([self.restore_tool, "--noflush", "--wait"], input=text.encode(), capture_output=True)
+        if proc.returncode:
+            raise ApplyError(f"{self.restore_tool} failed: {proc.stderr.decode().strip()}")
+
+    def canary_present(self) -> bool:
+        proc = subprocess.run([self.tool, "-w", "-t", "mangle", "-S", CANARY], capture_output=True)
+        return proc.returncode == 0
+
+    # -- syncs ---------------------------------------------------------------------------------------
+
+    def needs_full_sync(self) -> bool:
+        return self._services is None or not self.canary_present()
+
+    def sync(self, ruleset: Ruleset, full: bool = False) -> SyncResult:
+        start = time.monotonic()
+        full = full or self.needs_full_sync()
+        try:
+            text, written, deleted = self._full_text(ruleset) if full else self._partial_text(ruleset)
+            if text:
+                self.restore(text)
+        except ApplyError:
+            self._services = None  # whatever happened, the next sync starts from the kernel
+            raise
+        self._services = dict(ruleset.services)
+        self._shared = {k: list(v) for k, v in ruleset.shared.items()}
+        return SyncResult(full, time.monotonic() - start, written, deleted, len(text))
+
+    def _full_text(self, ruleset: Ruleset) -> tuple[str, int, int]:
+        live = self.save("filter", "nat", "mangle")
+        stale = sorted(c for c in live["nat"].chains if is_service_chain(c) and c not in ruleset.service_chains())
+        parts = [f"*mangle\n:{CANARY} - [0:0]\nCOMMIT\n"]
+        for table in ("filter", "nat"):
+            body = ruleset.table_text(table, delete_chains=stale if table == "nat" else ()).splitlines()
+            inserts = missing_jumps(ruleset.jumps, table, live[table])
+            parts.append("\n".join([body[0], f":{CANARY} - [0:0]", *body[1:-1], *inserts, "COMMIT"]) + "\n")
+        written = len(ruleset.filter_chains) + len(ruleset.nat_chains) + len(ruleset.service_chains())
+        return "".join(parts), written, len(stale)
+
+    def _partial_text(self, ruleset: Ruleset) -> tuple[str, int, int]:
+        assert self._services is not None
+        old = self._services
+        changed = [k for k, rules in ruleset.services.items() if old.get(k) is not rules]
+        removed = [k for k in old if k not in ruleset.services]
+        new_chains: dict[str, list[str]] = {}
+        for key in changed:
+            new_chains.update(ruleset.services[key].chains)
+        all_new = ruleset.service_chains() if (changed or removed) else {}
+        stale = sorted({c for k in changed + removed if k in old for c in old[k].chains} - set(all_new))
+        text = []
+        written = 0
+        for table, order in (("filter", ruleset.filter_chains), ("nat", ruleset.nat_chains)):
+            shared = [c for c in order if ruleset.shared.get((table, c), []) != self._shared.get((table, c))]
+            own = new_chains if table == "nat" else {}
+            gone = stale if table == "nat" else []
+            if not (shared or own or gone):
+                continue
+            lines = [f"*{table}"]
+            lines += [f":{c} - [0:0]" for c in [*shared, *sorted(own), *gone]]
+            for c in shared:
+                lines += ruleset.shared.get((table, c), [])
+            for c in sorted(own):
+                lines += own[c]
+            lines += [f"-X {c}" for c in gone]
+            lines.append("COMMIT")
+            text.append("\n".join(lines) + "\n")
+            written += len(shared) + len(own)
+        return "".join(text), written, len(stale)
+
+    # -- cleanup ----------------------------------------------------------------------------------------
+
+    def cleanup(self) -> int:
+        """Remove every chain of ours and every jump to one; return how many chains went."""
+        live = self.save("filter", "nat", "mangle")
+        parts, removed = [], 0
+        for table in ("mangle", "filter", "nat"):
+            state = live[table]
+            ours = sorted(c for c in state.chains if c in OWN_CHAINS[table] or c.startswith(SERVICE_CHAIN_PREFIXES))
+            if not ours:
+                continue
+            deletes = [rule.replace("-A ", "-D ", 1) for rule in state.rules
+                       if rule.split()[1] not in ours and _target(rule) in ours]
+            lines = [f"*{table}", *deletes, *[f":{c} - [0:0]" for c in ours], *[f"-X {c}" for c in ours], "COMMIT"]
+            parts.append("\n".join(lines) + "\n")
+            removed += len(ours)
+        if parts:
+            self.restore("".join(parts))
+        self._services = None
+        return removed
+
+
+def _target(rule: str) -> str:
+    words = rule.split()
+    return words[words.index("-j") + 1] if "-j" in words else ""
+
+
+def missing_jumps(jumps: list[Jump], table: str, live: LiveTable) -> list[str]:
+    """`-I CHAIN 1 ...` for each jump not already in the built-in chain (matched by chain, target and
+    comment, as iptables-save rewrites the rest of the rule)."""
+    present = {(rule.split()[1], _target(rule), _comment_of(rule)) for rule in live.rules}
+    out = []
+    for jump in jumps:
+        if jump.table != table:
+            continue
+        if (jump.chain, jump.target, _comment_of(jump.rule())) not in present:
+            out.append(f"-I {jump.chain} 1 {jump.rule()}".replace("  ", " "))
+    return out
+
+
+def _comment_of(rule: str) -> str:
+    if "--comment" not in rule:
+        return ""
+    rest = rule.split("--comment", 1)[1].strip()
+    if rest.startswith('"'):
+        return rest[1:].split('"', 1)[0]
+    return rest.split()[0]

@@ -1,0 +1,413 @@
+"""NodeView -> the iptables rules kube-proxy's iptables mode writes, chain for chain.
+
+Invariant: pure. Render never reads the kernel; it returns a Ruleset whose text `apply` feeds to
+iptables-restore and `pyproxy dump` prints. Chain names, comments, rule order and the
+`--probability` format are kube-proxy's, so runbooks and tools written for it keep working.
+
+Per service port the rules split in two: entries in the shared chains (KUBE-SERVICES,
+KUBE-NODEPORTS, the filter chains) and the service's own chains (KUBE-SVC/SVL/EXT/FW/SEP). A
+partial sync rewrites only the own chains of services that changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ..config import ProxyConfig
+from ..view import NodeView, ServicePortView, local_traffic_match
+
+KUBE_SERVICES = "KUBE-SERVICES"
+KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+KUBE_NODEPORTS = "KUBE-NODEPORTS"
+KUBE_POSTROUTING = "KUBE-POSTROUTING"
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+KUBE_FORWARD = "KUBE-FORWARD"
+KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
+KUBE_FIREWALL = "KUBE-FIREWALL"  # kubelet's localnet guard, written by kube-proxy too
+CANARY = "KUBE-PROXY-CANARY"
+SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
+# kube-proxy drops per-endpoint comments above this many endpoints (largeClusterMode).
+LARGE_CLUSTER_ENDPOINTS = 1000
+
+
+@dataclass(frozen=True)
+class Jump:
+    """A rule in a built-in chain that leads into ours (kept, never flushed, by apply)."""
+
+    table: str
+    chain: str
+    args: tuple[str, ...]
+    target: str
+
+    def rule(self) -> str:
+        return " ".join((*self.args, "-j", self.target))
+
+
+# kube-proxy's iptablesJumpChains, in its order; each is prepended, so the last ends up first.
+def jump_chains(family: int, config: ProxyConfig) -> list[Jump]:
+    new = ("-m", "conntrack", "--ctstate", "NEW")
+
+    def c(text: str) -> tuple[str, ...]:
+        return ("-m", "comment", "--comment", f'"{text}"')
+
+    jumps = [
+        Jump("filter", "INPUT", new + c("kubernetes externally-visible service portals"), KUBE_EXTERNAL_SERVICES),
+        Jump("filter", "FORWARD", new + c("kubernetes externally-visible service portals"), KUBE_EXTERNAL_SERVICES),
+        Jump("filter", "INPUT", c("kubernetes health check service ports"), KUBE_NODEPORTS),
+        Jump("filter", "FORWARD", new + c("kubernetes service portals"), KUBE_SERVICES),
+        Jump("filter", "OUTPUT", new + c("kubernetes service portals"), KUBE_SERVICES),
+        Jump("filter", "FORWARD", c("kubernetes forwarding rules"), KUBE_FORWARD),
+        Jump("filter", "INPUT", new + c("kubernetes load balancer firewall"), KUBE_PROXY_FIREWALL),
+        Jump("filter", "OUTPUT", new + c("kubernetes load balancer firewall"), KUBE_PROXY_FIREWALL),
+        Jump("filter", "FORWARD", new + c("kubernetes load balancer firewall"), KUBE_PROXY_FIREWALL),
+        Jump("nat", "OUTPUT", c("kubernetes service portals"), KUBE_SERVICES),
+        Jump("nat", "PREROUTING", c("kubernetes service portals"), KUBE_SERVICES),
+        Jump("nat", "POSTROUTING", c("kubernetes postrouting rules"), KUBE_POSTROUTING),
+    ]
+    if family == 4 and config.localhost_node_ports:
+        jumps += [Jump("filter", "INPUT", (), KUBE_FIREWALL), Jump("filter", "OUTPUT", (), KUBE_FIREWALL)]
+    return jumps
+
+
+def port_proto_hash(service_port: str, protocol: str) -> str:
+    digest = hashlib.sha256((service_port + protocol).encode()).digest()
+    return base64.b32encode(digest).decode()[:16]
+
+
+def chain_names(sp: ServicePortView) -> dict[str, str]:
+    h = port_proto_hash(sp.name_string, sp.protocol.lower())
+    return {"svc": "KUBE-SVC-" + h, "svl": "KUBE-SVL-" + h, "ext": "KUBE-EXT-" + h, "fw": "KUBE-FW-" + h}
+
+
+def endpoint_chain(sp: ServicePortView, endpoint: str) -> str:
+    digest = hashlib.sha256((sp.name_string + sp.protocol.lower() + endpoint).encode()).digest()
+    return "KUBE-SEP-" + base64.b32encode(digest).decode()[:16]
+
+
+def probability(n: int) -> str:
+    return f"{1.0 / n:0.10f}"
+
+
+def is_service_chain(name: str) -> bool:
+    return name.startswith(SERVICE_CHAIN_PREFIXES)
+
+
+@dataclass
+class ServiceRules:
+    """One service port's share of the ruleset."""
+
+    shared: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (table, chain) -> lines
+    chains: dict[str, list[str]] = field(default_factory=dict)  # its own nat chains -> lines
+
+    def add(self, table: str, chain: str, *words: str) -> None:
+        self.shared.setdefault((table, chain), []).append(" ".join(("-A", chain) + words))
+
+
+@dataclass
+class Context:
+    family: int
+    mark: str
+    masquerade_all: bool
+    local: tuple[list[str], list[str]] | None  # (if-local, if-not-local) match args
+    node_ips: tuple
+    large_cluster: bool
+
+    @classmethod
+    def of(cls, view: NodeView, config: ProxyConfig, family: int) -> "Context":
+        endpoints = sum(len(p.reachable_endpoints) for p in view.ports if p.family == family)
+        return cls(family, config.masquerade_mark, config.masquerade_all, local_traffic_match(config, view, family),
+                   view.node_ips_of(family), endpoints > LARGE_CLUSTER_ENDPOINTS)
+
+
+def _comment(text: str) -> tuple[str, ...]:
+    return ("-m", "comment", "--comment", f'"{text}"' if " " in text else text)
+
+
+def render_service(sp: ServicePortView, ctx: Context) -> ServiceRules:
+    out = ServiceRules()
+    proto = sp.protocol.lower()
+    name = sp.name_string
+    names = chain_names(sp)
+    svc_chain, svl_chain, ext_chain, fw_chain = names["svc"], names["svl"], names["ext"], names["fw"]
+    cluster_ip, port = str(sp.cluster_ip), str(sp.port)
+    has_endpoints = sp.has_endpoints
+    uses_cluster_chain = bool(sp.cluster_endpoints) and sp.uses_cluster_endpoints
+    uses_local_chain = bool(sp.local_endpoints) and sp.uses_local_endpoints
+    internal_chain = svl_chain if sp.internal_policy_local else svc_chain
+    external_policy_chain = svl_chain if sp.external_policy_local else svc_chain
+    has_internal, has_external = sp.has_internal_endpoints, sp.has_external_endpoints
+    uses_ext_chain = has_endpoints and sp.externally_accessible
+    uses_fw_chain = has_endpoints and bool(sp.load_balancer_ips) and bool(sp.load_balancer_source_ranges)
+    lb_chain = fw_chain if uses_fw_chain else ext_chain
+
+    if not has_endpoints:
+        internal_target, internal_comment = "REJECT", f"{name} has no endpoints"
+        external_target, external_comment = "REJECT", internal_comment
+    else:
+        internal_target, internal_comment = "DROP", f"{name} has no local endpoints"
+        external_target, external_comment = "DROP", internal_comment
+
+    # Frontends: the cluster IP.
+    if has_internal:
+        out.add("nat", KUBE_SERVICES, *_comment(f"{name} cluster IP"), "-m", proto, "-p", proto,
+                "-d", cluster_ip, "--dport", port, "-j", internal_chain)
+    else:
+        out.add("filter", KUBE_SERVICES, *_comment(internal_comment), "-m", proto, "-p", proto,
+                "-d", cluster_ip, "--dport", port, "-j", internal_target)
+    # External IPs.
+    for ip in map(str, sp.external_ips):
+        if has_endpoints:
+            out.add("nat", KUBE_SERVICES, *_comment(f"{name} external IP"), "-m", proto, "-p", proto,
+                    "-d", ip, "--dport", port, "-j", ext_chain)
+        if not has_external:
+            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(external_comment), "-m", proto, "-p", proto,
+                    "-d", ip, "--dport", port, "-j", external_target)
+    # Load-balancer IPs.
+    for ip in map(str, sp.load_balancer_ips):
+        if has_endpoints:
+            out.add("nat", KUBE_SERVICES, *_comment(f"{name} loadbalancer IP"), "-m", proto, "-p", proto,
+                    "-d", ip, "--dport", port, "-j", lb_chain)
+        if uses_fw_chain:
+            out.add("filter", KUBE_PROXY_FIREWALL, *_comment(f"{name} traffic not accepted by {fw_chain}"),
+                    "-m", proto, "-p", proto, "-d", ip, "--dport", port, "-j", "DROP")
+    if not has_external:
+        for ip in map(str, sp.load_balancer_ips):
+            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(external_comment), "-m", proto, "-p", proto,
+                    "-d", ip, "--dport", port, "-j", external_target)
+    # Node ports.
+    if sp.node_port:
+        if has_endpoints:
+            out.add("nat", KUBE_NODEPORTS, *_comment(name), "-m", proto, "-p", proto,
+                    "--dport", str(sp.node_port), "-j", ext_chain)
+        if not has_external:
+            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(external_comment), "-m", "addrtype", "--dst-type",
+                    "LOCAL", "-m", proto, "-p", proto, "--dport", str(sp.node_port), "-j", external_target)
+    if sp.health_check_node_port:
+        out.add("filter", KUBE_NODEPORTS, *_comment(f"{name} health check node port"), "-m", "tcp", "-p", "tcp",
+                "--dport", str(sp.health_check_node_port), "-j", "ACCEPT")
+
+    chains = out.chains
+
+    def rule(chain: str, *words: str) -> None:
+        chains.setdefault(chain, []).append(" ".join(("-A", chain) + words))
+
+    # Internal traffic: masquerade what did not come from a pod (or everything, masqueradeAll).
+    if has_internal:
+        args = (*_comment(f"{name} cluster IP"), "-m", proto, "-p", proto, "-d", cluster_ip, "--dport", port)
+        if ctx.masquerade_all:
+            rule(internal_chain, *args, "-j", KUBE_MARK_MASQ)
+        elif ctx.local is not None:
+            rule(internal_chain, *args, *ctx.local[1], "-j", KUBE_MARK_MASQ)
+    # External traffic.
+    if uses_ext_chain:
+        chains.setdefault(ext_chain, [])
+        if not sp.external_policy_local:
+            rule(ext_chain, *_comment(f"masquerade traffic for {name} external destinations"), "-j", KUBE_MARK_MASQ)
+        else:
+            if ctx.local is not None:
+                # Pods reaching an external address of the service are not subject to the policy:
+                # as if they went out to the load balancer and came back in.
+                rule(ext_chain, *_comment(f"pod traffic for {name} external destinations"), *ctx.local[0],
+                     "-j", svc_chain)
+            rule(ext_chain, *_comment(f"masquerade LOCAL traffic for {name} external destinations"),
+                 "-m", "addrtype", "--src-type", "LOCAL", "-j", KUBE_MARK_MASQ)
+            rule(ext_chain, *_comment(f"route LOCAL traffic for {name} external destinations"),
+                 "-m", "addrtype", "--src-type", "LOCAL", "-j", svc_chain)
+        if has_external:
+            rule(ext_chain, "-j", external_policy_chain)
+    # loadBalancerSourceRanges.
+    if uses_fw_chain:
+        chains.setdefault(fw_chain, [])
+        args = _comment(f"{name} loadbalancer IP")
+        allow_from_node = False
+        for cidr in sp.load_balancer_source_ranges:
+            rule(fw_chain, *args, "-s", str(cidr), "-j", ext_chain)
+            allow_from_node |= any(ip in cidr for ip in ctx.node_ips)
+        if allow_from_node:
+            for ip in map(str, sp.load_balancer_ips):
+                rule(fw_chain, *args, "-s", ip, "-j", ext_chain)
+        rule(fw_chain, *_comment(f"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"))
+    if uses_cluster_chain:
+        _to_endpoints(rule, chains, sp, svc_chain, sp.cluster_endpoints, ctx)
+    if uses_local_chain:
+        _to_endpoints(rule, chains, sp, svl_chain, sp.local_endpoints, ctx)
+    for ep in sp.reachable_endpoints:
+        sep = endpoint_chain(sp, str(ep))
+        comment = () if ctx.large_cluster else _comment(name)
+        rule(sep, *comment, "-s", str(ep.ip), "-j", KUBE_MARK_MASQ)  # hairpin: a pod reaching itself
+        affinity = ("-m", "recent", "--name", sep, "--set") if sp.affinity_timeout else ()
+        rule(sep, *comment, *affinity, "-m", proto, "-p", proto, "-j", "DNAT", "--to-destination", str(ep))
+    return out
+
+
+def _to_endpoints(rule, chains, sp: ServicePortView, chain: str, endpoints, ctx: Context) -> None:
+    chains.setdefault(chain, [])
+    seps = [(endpoint_chain(sp, str(ep)), str(ep)) for ep in endpoints]
+    if sp.affinity_timeout:
+        for sep, ep in seps:
+            comment = () if ctx.large_cluster else _comment(f"{sp.name_string} -> {ep}")
+            rule(chain, *comment, "-m", "recent", "--name", sep, "--rcheck", "--seconds", str(sp.affinity_timeout),
+                 "--reap", "-j", sep)
+    n = len(seps)
+    for i, (sep, ep) in enumerate(seps):
+        comment = () if ctx.large_cluster else _comment(f"{sp.name_string} -> {ep}")
+        chance = ("-m", "statistic", "--mode", "random", "--probability", probability(n - i)) if i < n - 1 else ()
+        rule(chain, *comment, *chance, "-j", sep)
+
+
+@dataclass
+class Ruleset:
+    """Everything one IP family's iptables gets, ready to become restore text."""
+
+    family: int
+    filter_chains: list[str]
+    nat_chains: list[str]  # the shared nat chains, in kube-proxy's order
+    shared: dict[tuple[str, str], list[str]]  # (table, chain) -> lines for every shared chain
+    services: dict[str, ServiceRules]  # service port key -> its rules
+    jumps: list[Jump]
+
+    def service_chains(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for rules in self.services.values():
+            out.update(rules.chains)
+        return out
+
+    def table_text(self, table: str, service_keys: Iterable[str] | None = None,
+                   delete_chains: Iterable[str] = ()) -> str:
+        """One table as restore input. For nat, `service_keys` limits which services' own chains are
+        written (None: all); `delete_chains` are flushed and removed."""
+        lines = [f"*{table}"]
+        if table == "filter":
+            chain_order = self.filter_chains
+            own: dict[str, list[str]] = {}
+        else:
+            chain_order = self.nat_chains
+            keys = self.services.keys() if service_keys is None else service_keys
+            own = {}
+            for key in keys:
+                if key in self.services:
+                    own.update(self.services[key].chains)
+        deleted = sorted(set(delete_chains))
+        for chain in [*chain_order, *sorted(own), *deleted]:
+            lines.append(f":{chain} - [0:0]")
+        for chain in chain_order:
+            lines.extend(self.shared.get((table, chain), ()))
+        for chain in sorted(own):
+            lines.extend(own[chain])
+        lines.extend(f"-X {chain}" for chain in deleted)
+        lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
+
+    def restore_text(self) -> str:
+        return self.table_text("filter") + self.table_text("nat")
+
+    def dump_text(self) -> str:
+        """What iptables-save would list of ours: the jumps from built-in chains, then our chains."""
+        out = []
+        for table in ("filter", "nat"):
+            body = self.table_text(table).splitlines()
+            jumps = []
+            for base in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"):
+                # prepended one by one: the last in kube-proxy's list ends up first
+                for j in reversed([j for j in self.jumps if j.table == table and j.chain == base]):
+                    jumps.append(f"-A {base} {j.rule()}".replace("  ", " "))
+            out.extend([body[0], *body[1:-1], *jumps, "COMMIT"])
+        return "\n".join(out) + "\n"
+
+    def rule_count(self, table: str) -> int:
+        shared = sum(len(v) for (t, _), v in self.shared.items() if t == table)
+        if table == "nat":
+            shared += sum(len(lines) for r in self.services.values() for lines in r.chains.values())
+        return shared
+
+
+class Renderer:
+    """render() with a memo: a service port whose view did not change is not rendered again."""
+
+    def __init__(self, config: ProxyConfig, random_fully: bool = True) -> None:
+        self.config = config
+        self.random_fully = random_fully
+        self._memo: dict[int, tuple[Context, dict[ServicePortView, ServiceRules]]] = {}
+
+    def render(self, view: NodeView, family: int) -> Ruleset:
+        ctx = Context.of(view, self.config, family)
+        old_ctx, memo = self._memo.get(family, (None, {}))
+        if old_ctx != ctx:
+            memo = {}
+        fresh: dict[ServicePortView, ServiceRules] = {}
+        services: dict[str, ServiceRules] = {}
+        for sp in view.family(family):
+            rules = memo.get(sp) or render_service(sp, ctx)
+            fresh[sp] = rules
+            services[sp.key] = rules
+        self._memo[family] = (ctx, fresh)
+        return assemble(view, self.config, family, services, self.random_fully)
+
+
+def render(view: NodeView, config: ProxyConfig, family: int = 4, random_fully: bool = True) -> Ruleset:
+    return Renderer(config, random_fully).render(view, family)
+
+
+def assemble(view: NodeView, config: ProxyConfig, family: int, services: dict[str, ServiceRules],
+             random_fully: bool = True) -> Ruleset:
+    mark = config.masquerade_mark
+    filter_chains = [KUBE_NODEPORTS, KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_PROXY_FIREWALL]
+    if family == 4 and config.localhost_node_ports:
+        filter_chains.insert(3, KUBE_FIREWALL)
+    nat_chains = [KUBE_NODEPORTS, KUBE_SERVICES, KUBE_MARK_MASQ, KUBE_POSTROUTING]
+    shared: dict[tuple[str, str], list[str]] = {}
+    for rules in services.values():
+        for key, lines in rules.shared.items():
+            shared.setdefault(key, []).extend(lines)
+
+    def add(table: str, chain: str, *words: str) -> None:
+        shared.setdefault((table, chain), []).append(" ".join(("-A", chain) + words))
+
+    if family == 4 and config.localhost_node_ports:
+        add("filter", KUBE_FIREWALL, *_comment("block incoming localnet connections"), "-d", "127.0.0.0/8",
+            "!", "-s", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP")
+    add("filter", KUBE_FORWARD, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+    add("filter", KUBE_FORWARD, *_comment("kubernetes forwarding rules"), "-m", "mark", "--mark",
+        f"{mark}/{mark}", "-j", "ACCEPT")
+    add("filter", KUBE_FORWARD, *_comment("kubernetes forwarding conntrack rule"), "-m", "conntrack",
+        "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+    add("nat", KUBE_MARK_MASQ, "-j", "MARK", "--or-mark", mark)
+    add("nat", KUBE_POSTROUTING, "-m", "mark", "!", "--mark", f"{mark}/{mark}", "-j", "RETURN")
+    add("nat", KUBE_POSTROUTING, "-j", "MARK", "--xor-mark", mark)
+    add("nat", KUBE_POSTROUTING, *_comment("kubernetes service traffic requiring SNAT"), "-j", "MASQUERADE",
+        *(["--random-fully"] if random_fully else []))
+    # The tail-call to node ports: after every other service rule.
+    nodeport_comment = _comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+    if not config.node_port_addresses:
+        dest = ["-m", "addrtype", "--dst-type", "LOCAL"]
+        if family == 6:
+            dest += ["!", "-d", "::1/128"]
+        elif not config.localhost_node_ports:
+            dest += ["!", "-d", "127.0.0.0/8"]
+        add("nat", KUBE_SERVICES, *nodeport_comment, *dest, "-j", KUBE_NODEPORTS)
+    else:
+        for ip in node_port_ips(view, config, family):
+            add("nat", KUBE_SERVICES, *nodeport_comment, "-d", str(ip), "-j", KUBE_NODEPORTS)
+    return Ruleset(family, filter_chains, nat_chains, shared, services, jump_chains(family, config))
+
+
+def node_port_ips(view: NodeView, config: ProxyConfig, family: int) -> list:
+    """Node addresses inside nodePortAddresses ("primary": the node's first address of the family)."""
+    import ipaddress
+
+    ips = []
+    for ip in view.node_ips_of(family):
+        for entry in config.node_port_addresses:
+            if entry == "primary":
+                if ip == view.node_ips_of(family)[0]:
+                    ips.append(ip)
+                    break
+            elif ip in ipaddress.ip_network(entry):
+                if ip.is_loopback and (family == 6 or not config.localhost_node_ports):
+                    continue
+                ips.append(ip)
+                break
+    return ips

@@ -1,0 +1,66 @@
+"""One sync: cluster state -> node view -> rendered rules -> kernel, per IP family.
+
+The proxier owns the per-family backends and the renderer memo, so successive syncs are partial
+(only what changed is written); the daemon decides when to call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from .config import ProxyConfig
+from .conntrack import ConntrackCleaner
+from .iptables.apply import IptablesBackend, SyncResult
+from .iptables.render import Renderer
+from .model.parse import Cluster
+from .view import NodeView, build_view
+
+log = logging.getLogger("pyproxy")
+
+
+@dataclass
+class SyncReport:
+    view: NodeView
+    results: dict[int, SyncResult] = field(default_factory=dict)
+    stale_flows_deleted: int = 0
+    render_seconds: float = 0.0
+
+
+class Proxier:
+    def __init__(self, node_name: str, config: ProxyConfig, families: tuple[int, ...] = (4,),
+                 proxy_name: str = "") -> None:
+        if config.mode != "iptables":
+            raise ValueError(f"mode {config.mode!r} is not available yet; use iptables")
+        self.node_name = node_name
+        self.config = config
+        self.proxy_name = proxy_name
+        self.renderer = Renderer(config)
+        self.backends = {f: IptablesBackend(f, config.iptables_variant) for f in families}
+        self.cleaners = {f: ConntrackCleaner(f) for f in families}
+        if 4 in families and config.localhost_node_ports:
+            _enable_route_localnet()
+
+    def sync(self, cluster: Cluster, full: bool = False) -> SyncReport:
+        start = time.monotonic()
+        view = build_view(cluster, self.node_name, self.proxy_name)
+        report = SyncReport(view)
+        rulesets = {f: self.renderer.render(view, f) for f in self.backends}
+        report.render_seconds = time.monotonic() - start
+        for family, backend in self.backends.items():
+            report.results[family] = backend.sync(rulesets[family], full)
+            report.stale_flows_deleted += self.cleaners[family].clean(view)
+        return report
+
+    def cleanup(self) -> int:
+        return sum(backend.cleanup() for backend in self.backends.values())
+
+
+def _enable_route_localnet() -> None:
+    # localhostNodePorts: NodePorts on 127.0.0.1 need the kernel to route loopback-sourced DNAT.
+    try:
+        with open("/proc/sys/net/ipv4/conf/all/route_localnet", "w") as f:
+            f.write("1")
+    except OSError as err:
+        log.warning("cannot enable route_localnet (localhost NodePorts will not work): %s", err)

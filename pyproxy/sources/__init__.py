@@ -1,0 +1,1 @@
+"""Where cluster state comes from: a manifests file (built in) or the Kubernetes API."""

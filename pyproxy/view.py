@@ -1,0 +1,265 @@
+"""Cluster state -> what THIS node must do (the node view). All Kubernetes service semantics live
+here, once, for every backend: which services are proxied, their frontends, and which endpoints
+each kind of traffic may reach after traffic policies, topology hints and terminating fallback.
+
+Invariant: pure. No I/O, no clock, no backend knowledge; the same input gives an equal output,
+so a backend can compare views to find what changed.
+
+The rules follow kube-proxy's pkg/proxy (CategorizeEndpoints, canUseTopology): a backend that
+renders a view faithfully behaves like kube-proxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .config import ProxyConfig
+from .model.parse import Cluster
+from .model.types import (
+    SERVICE_PROXY_NAME_LABEL,
+    ZONE_LABEL,
+    EndpointSlice,
+    IPAddress,
+    IPNetwork,
+    Node,
+    Service,
+    ServicePort,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    ip: IPAddress
+    port: int
+    ready: bool
+    serving: bool
+    terminating: bool
+    local: bool  # on this node
+    zone_hints: tuple[str, ...] = ()
+    node_hints: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if self.ip.version == 6 else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePortView:
+    namespace: str
+    name: str
+    port_name: str
+    protocol: str  # TCP, UDP, SCTP
+    family: int  # 4 or 6
+    cluster_ip: IPAddress
+    port: int
+    node_port: int = 0
+    external_ips: tuple[IPAddress, ...] = ()
+    load_balancer_ips: tuple[IPAddress, ...] = ()
+    load_balancer_source_ranges: tuple[IPNetwork, ...] = ()
+    health_check_node_port: int = 0
+    external_policy_local: bool = False
+    internal_policy_local: bool = False
+    affinity_timeout: int = 0  # seconds of ClientIP affinity, 0 for none
+    cluster_endpoints: tuple[EndpointView, ...] = ()  # for "Cluster" traffic policy
+    local_endpoints: tuple[EndpointView, ...] = ()  # for "Local" traffic policy
+    reachable_endpoints: tuple[EndpointView, ...] = ()  # every endpoint a rule may DNAT to
+    has_endpoints: bool = False  # usable endpoints exist anywhere in the cluster
+    trigger_time: str = field(default="", compare=False)
+
+    @property
+    def name_string(self) -> str:
+        """kube-proxy's ServicePortName.String(): "ns/name:port", or "ns/name" for an unnamed port."""
+        return f"{self.namespace}/{self.name}" + (f":{self.port_name}" if self.port_name else "")
+
+    @property
+    def key(self) -> str:
+        return f"{self.name_string}/{self.protocol}/ipv{self.family}"
+
+    @property
+    def service_key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def externally_accessible(self) -> bool:
+        return bool(self.node_port or self.external_ips or self.load_balancer_ips)
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        return not self.internal_policy_local or (self.externally_accessible and not self.external_policy_local)
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        return self.internal_policy_local or (self.externally_accessible and self.external_policy_local)
+
+    @property
+    def has_internal_endpoints(self) -> bool:
+        return self.has_endpoints and (not self.internal_policy_local or bool(self.local_endpoints))
+
+    @property
+    def has_external_endpoints(self) -> bool:
+        return self.has_endpoints and (not self.external_policy_local or bool(self.local_endpoints))
+
+
+@dataclass(frozen=True)
+class NodeView:
+    node_name: str
+    node_ips: tuple[IPAddress, ...]
+    pod_cidrs: tuple[IPNetwork, ...]
+    ports: tuple[ServicePortView, ...]
+    deleting: bool = False
+
+    def family(self, family: int) -> tuple[ServicePortView, ...]:
+        return tuple(p for p in self.ports if p.family == family)
+
+    def node_ips_of(self, family: int) -> tuple[IPAddress, ...]:
+        return tuple(ip for ip in self.node_ips if ip.version == family)
+
+
+def is_proxied(svc: Service, proxy_name: str = "") -> bool:
+    """Headless and ExternalName services get no rules; services labelled for another proxy
+    (service.kubernetes.io/service-proxy-name) are left to it."""
+    if svc.headless or svc.type == "ExternalName" or not svc.cluster_ips:
+        return False
+    claimed_by = svc.label(SERVICE_PROXY_NAME_LABEL)
+    return claimed_by is None or (bool(proxy_name) and claimed_by == proxy_name)
+
+
+def _endpoints(slices: Iterable[EndpointSlice], sp: ServicePort, family: int, node_name: str) -> list[EndpointView]:
+    address_type = "IPv4" if family == 4 else "IPv6"
+    seen: dict[tuple[IPAddress, int], EndpointView] = {}
+    for s in slices:
+        if s.address_type != address_type:
+            continue
+        port = next((p for p in s.ports if p.name == sp.name and p.protocol == sp.protocol), None)
+        if port is None:
+            continue
+        for ep in s.endpoints:
+            view = EndpointView(ep.addresses[0], port.port, ep.ready, ep.serving, ep.terminating,
+                                bool(node_name) and ep.node_name == node_name, ep.hint_zones, ep.hint_nodes)
+            seen.setdefault((view.ip, view.port), view)
+    return sorted(seen.values(), key=str)  # kube-proxy orders endpoints by their "ip:port" string
+
+
+def _can_use_topology(svc: Service, endpoints: list[EndpointView], node: Node | None) -> tuple[str, str] | None:
+    """Whether hints narrow the cluster endpoints, and by what: ("node", name) or ("zone", zone)."""
+    if svc.topology_mode not in ("auto",) and not svc.traffic_distribution:
+        return None
+    ready = [ep for ep in endpoints if ep.ready]
+    if node is None or not ready:
+        return None
+    if all(ep.node_hints for ep in ready) and any(node.name in ep.node_hints for ep in ready):
+        return ("node", node.name)
+    zone = node.label(ZONE_LABEL) or ""
+    if not zone or not all(ep.zone_hints for ep in ready):
+        return None
+    if not any(zone in ep.zone_hints for ep in ready):
+        return None
+    return ("zone", zone)
+
+
+def categorize(svc: Service, view: ServicePortView, endpoints: list[EndpointView],
+               node: Node | None) -> ServicePortView:
+    """kube-proxy's CategorizeEndpoints: the cluster, local and reachable endpoint sets."""
+    cluster: list[EndpointView] = []
+    local: list[EndpointView] = []
+    has_any = False
+    if view.uses_cluster_endpoints:
+        topology = _can_use_topology(svc, endpoints, node)
+
+        def in_topology(ep: EndpointView) -> bool:
+            if topology is None:
+                return True
+            kind, value = topology
+            return value in (ep.node_hints if kind == "node" else ep.zone_hints)
+
+        cluster = [ep for ep in endpoints if ep.ready and in_topology(ep)]
+        if not cluster:  # no ready endpoint anywhere: fall back to serving, terminating ones
+            cluster = [ep for ep in endpoints if ep.serving and ep.terminating]
+        has_any = bool(cluster)
+    if view.uses_local_endpoints:
+        local_ready = [ep for ep in endpoints if ep.local and ep.ready]
+        has_any = has_any or any(ep.ready or (ep.serving and ep.terminating) for ep in endpoints)
+        local = local_ready or [ep for ep in endpoints if ep.local and ep.serving and ep.terminating]
+    if not view.uses_local_endpoints:
+        reachable = cluster
+    elif not view.uses_cluster_endpoints:
+        reachable = local
+    else:
+        merged = {str(ep): ep for ep in cluster}
+        merged.update((str(ep), ep) for ep in local)
+        reachable = sorted(merged.values(), key=str)
+    return _replace(view, cluster_endpoints=tuple(cluster), local_endpoints=tuple(local),
+                    reachable_endpoints=tuple(reachable), has_endpoints=has_any)
+
+
+def _replace(view: ServicePortView, **changes: object) -> ServicePortView:
+    values = {f: getattr(view, f) for f in ServicePortView.__dataclass_fields__}
+    values.update(changes)
+    return ServicePortView(**values)  # type: ignore[arg-type]
+
+
+def service_port_views(svc: Service, slices: Iterable[EndpointSlice], node: Node | None,
+                       node_name: str) -> list[ServicePortView]:
+    """Every (port, IP family) of one service, with its endpoints categorised for this node."""
+    slices = list(slices)
+    trigger = max((s.trigger_time for s in slices), default="")
+    out = []
+    for cluster_ip in svc.cluster_ips:
+        family = cluster_ip.version
+        for sp in svc.ports:
+            view = ServicePortView(
+                namespace=svc.namespace, name=svc.name, port_name=sp.name, protocol=sp.protocol,
+                family=family, cluster_ip=cluster_ip, port=sp.port, node_port=sp.node_port,
+                external_ips=tuple(ip for ip in svc.external_ips if ip.version == family),
+                load_balancer_ips=tuple(ip for ip in svc.load_balancer_ips if ip.version == family),
+                load_balancer_source_ranges=tuple(r for r in svc.load_balancer_source_ranges if r.version == family),
+                health_check_node_port=svc.health_check_node_port,
+                external_policy_local=svc.external_traffic_policy == "Local",
+                internal_policy_local=svc.internal_traffic_policy == "Local",
+                affinity_timeout=svc.session_affinity_timeout,
+                trigger_time=trigger,
+            )
+            out.append(categorize(svc, view, _endpoints(slices, sp, family, node_name), node))
+    return out
+
+
+def node_addresses(node: Node | None, extra: Iterable[IPAddress] = ()) -> tuple[IPAddress, ...]:
+    ips = list(node.addresses) if node else []
+    for ip in extra:
+        if ip not in ips:
+            ips.append(ip)
+    return tuple(ips)
+
+
+def build_view(cluster: Cluster, node_name: str, proxy_name: str = "",
+               local_addresses: Iterable[IPAddress] = ()) -> NodeView:
+    node = cluster.nodes.get(node_name)
+    by_service = cluster.slices_by_service()
+    ports: list[ServicePortView] = []
+    for svc in cluster.services.values():
+        if is_proxied(svc, proxy_name):
+            ports.extend(service_port_views(svc, by_service.get(svc.key, ()), node, node_name))
+    ports.sort(key=lambda p: p.key)
+    return NodeView(node_name, node_addresses(node, local_addresses), node.pod_cidrs if node else (),
+                    tuple(ports), deleting=bool(node and node.deleting))
+
+
+def local_traffic_match(config: ProxyConfig, view: NodeView, family: int) -> tuple[list[str], list[str]] | None:
+    """kube-proxy's LocalTrafficDetector as iptables match arguments: (if-local, if-not-local),
+    or None when the mode cannot tell (then pod traffic is not special-cased)."""
+    mode = config.detect_local_mode
+    if mode == "ClusterCIDR":
+        cidr = next((c for c in config.cluster_cidrs if c.version == family), None)
+        return (["-s", str(cidr)], ["!", "-s", str(cidr)]) if cidr else None
+    if mode == "NodeCIDR":
+        cidr = next((c for c in view.pod_cidrs if c.version == family), None)
+        return (["-s", str(cidr)], ["!", "-s", str(cidr)]) if cidr else None
+    if mode == "BridgeInterface":
+        return (["-i", config.bridge_interface], ["!", "-i", config.bridge_interface])
+    prefix = config.interface_name_prefix + "+"
+    return (["-i", prefix], ["!", "-i", prefix])
+
+
+def in_network(ip: IPAddress, networks: Iterable[str]) -> bool:
+    return any(ip in ipaddress.ip_network(n) for n in networks if n != "primary")
