@@ -6,6 +6,7 @@ The proxier owns the per-family backends and the renderer memo, so successive sy
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from .conntrack import ConntrackCleaner
 from .iptables.apply import IptablesBackend, SyncResult
 from .iptables.render import Renderer
 from .model.parse import Cluster
-from .view import NodeView, build_view
+from .view import NodeView, ViewBuilder
 
 log = logging.getLogger("pyproxy")
 
@@ -36,6 +37,7 @@ class Proxier:
         self.node_name = node_name
         self.config = config
         self.proxy_name = proxy_name
+        self.views = ViewBuilder(node_name, proxy_name)
         self.renderer = Renderer(config)
         self.backends = {f: IptablesBackend(f, config.iptables_variant) for f in families}
         self.cleaners = {f: ConntrackCleaner(f) for f in families}
@@ -43,8 +45,20 @@ class Proxier:
             _enable_route_localnet()
 
     def sync(self, cluster: Cluster, full: bool = False) -> SyncReport:
+        # A sync allocates hundreds of thousands of short-lived, acyclic objects (views, rule
+        # strings); the cyclic GC would rescan the whole model again and again meanwhile. It was
+        # half the view-building time at 10,000 services.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._sync(cluster, full)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _sync(self, cluster: Cluster, full: bool) -> SyncReport:
         start = time.monotonic()
-        view = build_view(cluster, self.node_name, self.proxy_name)
+        view = self.views.build(cluster)
         report = SyncReport(view)
         rulesets = {f: self.renderer.render(view, f) for f in self.backends}
         report.render_seconds = time.monotonic() - start

@@ -12,8 +12,9 @@ renders a view faithfully behaves like kube-proxy.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from .config import ProxyConfig
 from .model.parse import Cluster
@@ -29,8 +30,10 @@ from .model.types import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointView:
+class EndpointView(NamedTuple):
+    """One endpoint as this node sees it. A NamedTuple: views are rebuilt for every endpoint of a
+    changed service, and tuples build ~5x faster than frozen dataclasses."""
+
     ip: IPAddress
     port: int
     ready: bool
@@ -39,9 +42,11 @@ class EndpointView:
     local: bool  # on this node
     zone_hints: tuple[str, ...] = ()
     node_hints: tuple[str, ...] = ()
+    label: str = ""  # "ip:port" ("[ip]:port" for IPv6), computed once: backends use it a lot
+    ip_text: str = ""
 
     def __str__(self) -> str:
-        return f"[{self.ip}]:{self.port}" if self.ip.version == 6 else f"{self.ip}:{self.port}"
+        return self.label
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +140,14 @@ def _endpoints(slices: Iterable[EndpointSlice], sp: ServicePort, family: int, no
         if port is None:
             continue
         for ep in s.endpoints:
-            view = EndpointView(ep.addresses[0], port.port, ep.ready, ep.serving, ep.terminating,
-                                bool(node_name) and ep.node_name == node_name, ep.hint_zones, ep.hint_nodes)
-            seen.setdefault((view.ip, view.port), view)
-    return sorted(seen.values(), key=str)  # kube-proxy orders endpoints by their "ip:port" string
+            ip = ep.addresses[0]
+            text = socket.inet_ntoa(ip.packed) if family == 4 else str(ip)  # ~5x faster than str()
+            label = f"[{text}]:{port.port}" if family == 6 else f"{text}:{port.port}"
+            view = EndpointView(ip, port.port, ep.ready, ep.serving, ep.terminating,
+                                bool(node_name) and ep.node_name == node_name, ep.hint_zones, ep.hint_nodes,
+                                label, text)
+            seen.setdefault((ip, port.port), view)
+    return sorted(seen.values(), key=lambda e: e.label)  # kube-proxy orders endpoints by "ip:port"
 
 
 def _can_use_topology(svc: Service, endpoints: list[EndpointView], node: Node | None) -> tuple[str, str] | None:
@@ -158,45 +167,36 @@ def _can_use_topology(svc: Service, endpoints: list[EndpointView], node: Node | 
     return ("zone", zone)
 
 
-def categorize(svc: Service, view: ServicePortView, endpoints: list[EndpointView],
-               node: Node | None) -> ServicePortView:
-    """kube-proxy's CategorizeEndpoints: the cluster, local and reachable endpoint sets."""
+def categorize(svc: Service, uses_cluster: bool, uses_local: bool, endpoints: list[EndpointView],
+               node: Node | None) -> tuple[tuple[EndpointView, ...], tuple[EndpointView, ...],
+                                           tuple[EndpointView, ...], bool]:
+    """kube-proxy's CategorizeEndpoints: (cluster, local, reachable endpoints, any usable anywhere)."""
     cluster: list[EndpointView] = []
     local: list[EndpointView] = []
     has_any = False
-    if view.uses_cluster_endpoints:
+    if uses_cluster:
         topology = _can_use_topology(svc, endpoints, node)
-
-        def in_topology(ep: EndpointView) -> bool:
-            if topology is None:
-                return True
+        if topology is None:
+            cluster = [ep for ep in endpoints if ep.ready]
+        else:
             kind, value = topology
-            return value in (ep.node_hints if kind == "node" else ep.zone_hints)
-
-        cluster = [ep for ep in endpoints if ep.ready and in_topology(ep)]
+            cluster = [ep for ep in endpoints if ep.ready and value in (ep.node_hints if kind == "node" else ep.zone_hints)]
         if not cluster:  # no ready endpoint anywhere: fall back to serving, terminating ones
             cluster = [ep for ep in endpoints if ep.serving and ep.terminating]
         has_any = bool(cluster)
-    if view.uses_local_endpoints:
+    if uses_local:
         local_ready = [ep for ep in endpoints if ep.local and ep.ready]
         has_any = has_any or any(ep.ready or (ep.serving and ep.terminating) for ep in endpoints)
         local = local_ready or [ep for ep in endpoints if ep.local and ep.serving and ep.terminating]
-    if not view.uses_local_endpoints:
+    if not uses_local:
         reachable = cluster
-    elif not view.uses_cluster_endpoints:
+    elif not uses_cluster:
         reachable = local
     else:
-        merged = {str(ep): ep for ep in cluster}
-        merged.update((str(ep), ep) for ep in local)
-        reachable = sorted(merged.values(), key=str)
-    return _replace(view, cluster_endpoints=tuple(cluster), local_endpoints=tuple(local),
-                    reachable_endpoints=tuple(reachable), has_endpoints=has_any)
-
-
-def _replace(view: ServicePortView, **changes: object) -> ServicePortView:
-    values = {f: getattr(view, f) for f in ServicePortView.__dataclass_fields__}
-    values.update(changes)
-    return ServicePortView(**values)  # type: ignore[arg-type]
+        merged = {ep.label: ep for ep in cluster}
+        merged.update((ep.label, ep) for ep in local)
+        reachable = sorted(merged.values(), key=lambda e: e.label)
+    return tuple(cluster), tuple(local), tuple(reachable), has_any
 
 
 def service_port_views(svc: Service, slices: Iterable[EndpointSlice], node: Node | None,
@@ -204,23 +204,31 @@ def service_port_views(svc: Service, slices: Iterable[EndpointSlice], node: Node
     """Every (port, IP family) of one service, with its endpoints categorised for this node."""
     slices = list(slices)
     trigger = max((s.trigger_time for s in slices), default="")
+    external_local = svc.external_traffic_policy == "Local"
+    internal_local = svc.internal_traffic_policy == "Local"
     out = []
     for cluster_ip in svc.cluster_ips:
         family = cluster_ip.version
+        external_ips = tuple(ip for ip in svc.external_ips if ip.version == family)
+        lb_ips = tuple(ip for ip in svc.load_balancer_ips if ip.version == family)
         for sp in svc.ports:
-            view = ServicePortView(
+            # The same rules as ServicePortView.uses_*_endpoints, needed before the view exists.
+            accessible = bool(sp.node_port or external_ips or lb_ips)
+            uses_cluster = not internal_local or (accessible and not external_local)
+            uses_local = internal_local or (accessible and external_local)
+            cluster, local, reachable, has_any = categorize(
+                svc, uses_cluster, uses_local, _endpoints(slices, sp, family, node_name), node)
+            out.append(ServicePortView(
                 namespace=svc.namespace, name=svc.name, port_name=sp.name, protocol=sp.protocol,
                 family=family, cluster_ip=cluster_ip, port=sp.port, node_port=sp.node_port,
-                external_ips=tuple(ip for ip in svc.external_ips if ip.version == family),
-                load_balancer_ips=tuple(ip for ip in svc.load_balancer_ips if ip.version == family),
+                external_ips=external_ips, load_balancer_ips=lb_ips,
                 load_balancer_source_ranges=tuple(r for r in svc.load_balancer_source_ranges if r.version == family),
                 health_check_node_port=svc.health_check_node_port,
-                external_policy_local=svc.external_traffic_policy == "Local",
-                internal_policy_local=svc.internal_traffic_policy == "Local",
+                external_policy_local=external_local, internal_policy_local=internal_local,
                 affinity_timeout=svc.session_affinity_timeout,
-                trigger_time=trigger,
-            )
-            out.append(categorize(svc, view, _endpoints(slices, sp, family, node_name), node))
+                cluster_endpoints=cluster, local_endpoints=local, reachable_endpoints=reachable,
+                has_endpoints=has_any, trigger_time=trigger,
+            ))
     return out
 
 
@@ -234,15 +242,43 @@ def node_addresses(node: Node | None, extra: Iterable[IPAddress] = ()) -> tuple[
 
 def build_view(cluster: Cluster, node_name: str, proxy_name: str = "",
                local_addresses: Iterable[IPAddress] = ()) -> NodeView:
-    node = cluster.nodes.get(node_name)
-    by_service = cluster.slices_by_service()
-    ports: list[ServicePortView] = []
-    for svc in cluster.services.values():
-        if is_proxied(svc, proxy_name):
-            ports.extend(service_port_views(svc, by_service.get(svc.key, ()), node, node_name))
-    ports.sort(key=lambda p: p.key)
-    return NodeView(node_name, node_addresses(node, local_addresses), node.pod_cidrs if node else (),
-                    tuple(ports), deleting=bool(node and node.deleting))
+    return ViewBuilder(node_name, proxy_name).build(cluster, local_addresses)
+
+
+class ViewBuilder:
+    """build_view with a memo: a service whose Service and EndpointSlice objects are the very same
+    objects as last time (sources replace only what changed) keeps its ServicePortViews, so a
+    one-endpoint change costs one service's work, not the cluster's. Still pure: the memo only
+    ever returns what the computation would."""
+
+    def __init__(self, node_name: str, proxy_name: str = "") -> None:
+        self.node_name = node_name
+        self.proxy_name = proxy_name
+        self._memo: dict[str, tuple[Service, tuple[EndpointSlice, ...], list[ServicePortView]]] = {}
+        self._node: Node | None = None
+
+    def build(self, cluster: Cluster, local_addresses: Iterable[IPAddress] = ()) -> NodeView:
+        node = cluster.nodes.get(self.node_name)
+        if node != self._node:  # topology and locality depend on the node: start over
+            self._memo, self._node = {}, node
+        by_service = cluster.slices_by_service()
+        memo: dict[str, tuple[Service, tuple[EndpointSlice, ...], list[ServicePortView]]] = {}
+        ports: list[ServicePortView] = []
+        for key in sorted(cluster.services):
+            svc = cluster.services[key]
+            if not is_proxied(svc, self.proxy_name):
+                continue
+            slices = tuple(by_service.get(key, ()))
+            old = self._memo.get(key)
+            if old and old[0] is svc and len(old[1]) == len(slices) and all(a is b for a, b in zip(old[1], slices)):
+                views = old[2]
+            else:
+                views = service_port_views(svc, slices, node, self.node_name)
+            memo[key] = (svc, slices, views)
+            ports.extend(sorted(views, key=lambda p: p.key))
+        self._memo = memo
+        return NodeView(self.node_name, node_addresses(node, local_addresses), node.pod_cidrs if node else (),
+                        tuple(ports), deleting=bool(node and node.deleting))
 
 
 def local_traffic_match(config: ProxyConfig, view: NodeView, family: int) -> tuple[list[str], list[str]] | None:

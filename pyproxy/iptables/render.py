@@ -11,10 +11,9 @@ partial sync rewrites only the own chains of services that changed.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ..config import ProxyConfig
 from ..view import NodeView, ServicePortView, local_traffic_match
@@ -72,9 +71,22 @@ def jump_chains(family: int, config: ProxyConfig) -> list[Jump]:
     return jumps
 
 
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]  # 10 bits -> 2 characters
+
+
+def _hash16(text: str) -> str:
+    """kube-proxy's chain hash: base32(sha256(text))[:16]. Sixteen base32 characters are exactly
+    the first ten digest bytes, encoded here 10 bits at a time (base64.b32encode is pure Python
+    in 3.11 and was most of the render time)."""
+    v = int.from_bytes(hashlib.sha256(text.encode()).digest()[:10], "big")
+    p = _B32_PAIRS
+    return (p[v >> 70] + p[(v >> 60) & 1023] + p[(v >> 50) & 1023] + p[(v >> 40) & 1023]
+            + p[(v >> 30) & 1023] + p[(v >> 20) & 1023] + p[(v >> 10) & 1023] + p[v & 1023])
+
+
 def port_proto_hash(service_port: str, protocol: str) -> str:
-    digest = hashlib.sha256((service_port + protocol).encode()).digest()
-    return base64.b32encode(digest).decode()[:16]
+    return _hash16(service_port + protocol)
 
 
 def chain_names(sp: ServicePortView) -> dict[str, str]:
@@ -83,8 +95,7 @@ def chain_names(sp: ServicePortView) -> dict[str, str]:
 
 
 def endpoint_chain(sp: ServicePortView, endpoint: str) -> str:
-    digest = hashlib.sha256((sp.name_string + sp.protocol.lower() + endpoint).encode()).digest()
-    return "KUBE-SEP-" + base64.b32encode(digest).decode()[:16]
+    return "KUBE-SEP-" + _hash16(sp.name_string + sp.protocol.lower() + endpoint)
 
 
 def probability(n: int) -> str:
@@ -230,32 +241,35 @@ def render_service(sp: ServicePortView, ctx: Context) -> ServiceRules:
             for ip in map(str, sp.load_balancer_ips):
                 rule(fw_chain, *args, "-s", ip, "-j", ext_chain)
         rule(fw_chain, *_comment(f"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"))
+    sep_of = {ep.label: endpoint_chain(sp, ep.label) for ep in sp.reachable_endpoints}
     if uses_cluster_chain:
-        _to_endpoints(rule, chains, sp, svc_chain, sp.cluster_endpoints, ctx)
+        _to_endpoints(rule, chains, sp, svc_chain, sp.cluster_endpoints, sep_of, ctx)
     if uses_local_chain:
-        _to_endpoints(rule, chains, sp, svl_chain, sp.local_endpoints, ctx)
-    for ep in sp.reachable_endpoints:
-        sep = endpoint_chain(sp, str(ep))
-        comment = () if ctx.large_cluster else _comment(name)
-        rule(sep, *comment, "-s", str(ep.ip), "-j", KUBE_MARK_MASQ)  # hairpin: a pod reaching itself
-        affinity = ("-m", "recent", "--name", sep, "--set") if sp.affinity_timeout else ()
-        rule(sep, *comment, *affinity, "-m", proto, "-p", proto, "-j", "DNAT", "--to-destination", str(ep))
+        _to_endpoints(rule, chains, sp, svl_chain, sp.local_endpoints, sep_of, ctx)
+    comment = "" if ctx.large_cluster else " " + " ".join(_comment(name))
+    for ep in sp.reachable_endpoints:  # the bulk of a big ruleset: plain f-strings, no joins
+        sep = sep_of[ep.label]
+        affinity = f" -m recent --name {sep} --set" if sp.affinity_timeout else ""
+        chains[sep] = [f"-A {sep}{comment} -s {ep.ip_text} -j {KUBE_MARK_MASQ}",  # hairpin: a pod to itself
+                       f"-A {sep}{comment}{affinity} -m {proto} -p {proto} -j DNAT --to-destination {ep.label}"]
     return out
 
 
-def _to_endpoints(rule, chains, sp: ServicePortView, chain: str, endpoints, ctx: Context) -> None:
+def _to_endpoints(rule, chains, sp: ServicePortView, chain: str, endpoints, sep_of: dict[str, str],
+                  ctx: Context) -> None:
     chains.setdefault(chain, [])
-    seps = [(endpoint_chain(sp, str(ep)), str(ep)) for ep in endpoints]
+    seps = [(sep_of[ep.label], ep.label) for ep in endpoints]
     if sp.affinity_timeout:
         for sep, ep in seps:
             comment = () if ctx.large_cluster else _comment(f"{sp.name_string} -> {ep}")
             rule(chain, *comment, "-m", "recent", "--name", sep, "--rcheck", "--seconds", str(sp.affinity_timeout),
                  "--reap", "-j", sep)
     n = len(seps)
+    lines = chains[chain]
     for i, (sep, ep) in enumerate(seps):
-        comment = () if ctx.large_cluster else _comment(f"{sp.name_string} -> {ep}")
-        chance = ("-m", "statistic", "--mode", "random", "--probability", probability(n - i)) if i < n - 1 else ()
-        rule(chain, *comment, *chance, "-j", sep)
+        comment = "" if ctx.large_cluster else f' -m comment --comment "{sp.name_string} -> {ep}"'
+        chance = f" -m statistic --mode random --probability {probability(n - i)}" if i < n - 1 else ""
+        lines.append(f"-A {chain}{comment}{chance} -j {sep}")
 
 
 @dataclass
@@ -275,14 +289,16 @@ class Ruleset:
             out.update(rules.chains)
         return out
 
-    def table_text(self, table: str, service_keys: Iterable[str] | None = None,
-                   delete_chains: Iterable[str] = ()) -> str:
-        """One table as restore input. For nat, `service_keys` limits which services' own chains are
-        written (None: all); `delete_chains` are flushed and removed."""
-        lines = [f"*{table}"]
+    def table_lines(self, table: str, service_keys: Iterable[str] | None = None,
+                    delete_chains: Iterable[str] = (), extra_chains: Iterable[str] = (),
+                    extra_rules: Iterable[str] = ()) -> Iterator[str]:
+        """One table as restore input, line by line (a big ruleset is streamed, never joined).
+
+        For nat, `service_keys` limits which services' own chains are written (None: all);
+        `delete_chains` are flushed and removed; `extra_*` go in before COMMIT."""
+        yield f"*{table}"
         if table == "filter":
-            chain_order = self.filter_chains
-            own: dict[str, list[str]] = {}
+            chain_order, own = self.filter_chains, {}
         else:
             chain_order = self.nat_chains
             keys = self.services.keys() if service_keys is None else service_keys
@@ -290,16 +306,22 @@ class Ruleset:
             for key in keys:
                 if key in self.services:
                     own.update(self.services[key].chains)
+        own_order = sorted(own)
         deleted = sorted(set(delete_chains))
-        for chain in [*chain_order, *sorted(own), *deleted]:
-            lines.append(f":{chain} - [0:0]")
+        for chain in (*extra_chains, *chain_order, *own_order, *deleted):
+            yield f":{chain} - [0:0]"
         for chain in chain_order:
-            lines.extend(self.shared.get((table, chain), ()))
-        for chain in sorted(own):
-            lines.extend(own[chain])
-        lines.extend(f"-X {chain}" for chain in deleted)
-        lines.append("COMMIT")
-        return "\n".join(lines) + "\n"
+            yield from self.shared.get((table, chain), ())
+        for chain in own_order:
+            yield from own[chain]
+        yield from extra_rules
+        for chain in deleted:
+            yield f"-X {chain}"
+        yield "COMMIT"
+
+    def table_text(self, table: str, service_keys: Iterable[str] | None = None,
+                   delete_chains: Iterable[str] = ()) -> str:
+        return "\n".join(self.table_lines(table, service_keys, delete_chains)) + "\n"
 
     def restore_text(self) -> str:
         return self.table_text("filter") + self.table_text("nat")
@@ -308,14 +330,15 @@ class Ruleset:
         """What iptables-save would list of ours: the jumps from built-in chains, then our chains."""
         out = []
         for table in ("filter", "nat"):
-            body = self.table_text(table).splitlines()
-            jumps = []
-            for base in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"):
-                # prepended one by one: the last in kube-proxy's list ends up first
-                for j in reversed([j for j in self.jumps if j.table == table and j.chain == base]):
-                    jumps.append(f"-A {base} {j.rule()}".replace("  ", " "))
-            out.extend([body[0], *body[1:-1], *jumps, "COMMIT"])
+            out.extend(self.table_lines(table, extra_rules=self.jump_rules(table)))
         return "\n".join(out) + "\n"
+
+    def jump_rules(self, table: str) -> list[str]:
+        """The jumps as `-A` rules, in the order they end up in the built-in chains (each is
+        prepended in turn, so the last in kube-proxy's list comes first)."""
+        return [f"-A {j.chain} {j.rule()}".replace("  ", " ")
+                for base in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+                for j in reversed([j for j in self.jumps if j.table == table and j.chain == base])]
 
     def rule_count(self, table: str) -> int:
         shared = sum(len(v) for (t, _), v in self.shared.items() if t == table)
@@ -330,18 +353,20 @@ class Renderer:
     def __init__(self, config: ProxyConfig, random_fully: bool = True) -> None:
         self.config = config
         self.random_fully = random_fully
-        self._memo: dict[int, tuple[Context, dict[ServicePortView, ServiceRules]]] = {}
+        self._memo: dict[int, tuple[Context, dict[str, tuple[ServicePortView, ServiceRules]]]] = {}
 
     def render(self, view: NodeView, family: int) -> Ruleset:
         ctx = Context.of(view, self.config, family)
         old_ctx, memo = self._memo.get(family, (None, {}))
         if old_ctx != ctx:
             memo = {}
-        fresh: dict[ServicePortView, ServiceRules] = {}
+        fresh: dict[str, tuple[ServicePortView, ServiceRules]] = {}
         services: dict[str, ServiceRules] = {}
         for sp in view.family(family):
-            rules = memo.get(sp) or render_service(sp, ctx)
-            fresh[sp] = rules
+            old = memo.get(sp.key)
+            # identity first: the ViewBuilder hands back the same view object when nothing changed
+            rules = old[1] if old and (old[0] is sp or old[0] == sp) else render_service(sp, ctx)
+            fresh[sp.key] = (sp, rules)
             services[sp.key] = rules
         self._memo[family] = (ctx, fresh)
         return assemble(view, self.config, family, services, self.random_fully)

@@ -55,7 +55,8 @@ class Cluster:
 
     def slices_by_service(self) -> dict[str, list[EndpointSlice]]:
         out: dict[str, list[EndpointSlice]] = {}
-        for s in self.slices.values():
+        for key in sorted(self.slices):  # a stable order, so equal states give equal views
+            s = self.slices[key]
             out.setdefault(s.service_key, []).append(s)
         return out
 
