@@ -109,7 +109,7 @@ def one(variant: str, n: int) -> dict:
             out["bare_s"] = time.perf_counter() - start
             assert proc.returncode == 0, proc.stderr
         recorded.close()
-        partial = []
+        partial, partial_py = [], []
         with netns.entered(node_ns):
             for k in range(5):
                 key = f"bench/svc-{(k * 7919) % n}-abc"
@@ -119,10 +119,13 @@ def one(variant: str, n: int) -> dict:
                 cluster.slices[key] = EndpointSlice(old.namespace, old.name, old.service_name, old.address_type, moved,
                                                     old.ports)
                 view = views.build(cluster)
-                result = backend.sync(renderer.render(view, 4))
+                rendered = renderer.render(view, 4)
+                partial_py.append(time.perf_counter() - start)
+                result = backend.sync(rendered)
                 partial.append(time.perf_counter() - start)
                 assert not result.full and result.chains_written >= 1, result
         out["partial_s"] = statistics.median(partial)
+        out["partial_view_render_s"] = statistics.median(partial_py)
     finally:
         ns_del(node_ns)
         ns_del(bare_ns)
@@ -150,7 +153,8 @@ def main() -> None:
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"  done {variant:6} {n:6}: render {r['render_s']:.2f}s apply {r['apply_s']:.2f}s "
-                  f"bare {r['bare_s']:.2f}s partial {r['partial_s'] * 1000:.0f}ms", file=sys.stderr, flush=True)
+                  f"bare {r['bare_s']:.2f}s partial {r['partial_s'] * 1000:.0f}ms "
+                  f"(view+render {r['partial_view_render_s'] * 1000:.0f}ms)", file=sys.stderr, flush=True)
     print(f"{'variant':8}{'services':>9}{'nat rules':>10}{'render s':>10}{'apply s':>9}{'bare s':>8}"
           f"{'(r+a)/bare':>12}{'partial ms':>12}{'RSS MB':>8}")
     for r in rows:
