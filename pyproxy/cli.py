@@ -258,22 +258,66 @@ def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dpor
 
 
 @main.command()
-@cluster_options
+@click.option("-f", "--filename", "path", type=click.Path(exists=True, dir_okay=False),
+              help="follow a manifests file instead of the Kubernetes API")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False),
+              help="kubeconfig for the API (default: the in-cluster service account)")
+@click.option("--node", "--hostname-override", "node", default="",
+              help="this node's name (default: the config's hostnameOverride, $NODE_NAME, the hostname)")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="KubeProxyConfiguration file")
+@click.option("--backend", type=click.Choice(["iptables"]), default=None)
+@click.option("--family", type=click.Choice(["4", "6"]), default="4", show_default=True)
+@click.option("--cluster-cidr", default=None, help="overrides the config's clusterCIDR")
 @click.option("--iptables-variant", type=click.Choice(["auto", "legacy", "nft"]), default=None)
+@click.option("--healthz-bind-address", default=None, help="host:port, '' to disable (default 0.0.0.0:10256)")
+@click.option("--metrics-bind-address", default=None, help="host:port, '' to disable (default 127.0.0.1:10249)")
+@click.option("--proxy-name", default="", help="serve only services labelled service.kubernetes.io/service-proxy-name=NAME")
 @click.option("--once", is_flag=True, help="sync once and exit")
 @click.option("-v", "--verbose", count=True)
-def run(path, node, config_path, backend, family, cluster_cidr, iptables_variant, once, verbose):
-    """Program NODE's rules from a manifests file and follow the file as it changes."""
+def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, iptables_variant, healthz_bind_address,
+        metrics_bind_address, proxy_name, once, verbose):
+    """Program this node's rules and keep them in step with the API (or a manifests file)."""
     import logging
+    import signal
 
-    from .daemon import run_from_file
+    from .config import ConfigError, load_config, parse_config
+    from .daemon import Daemon, node_name
+    from .proxier import Proxier
 
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    config, _ = _setup(path, node, config_path, backend, cluster_cidr)
-    if iptables_variant:
-        config = config.with_overrides(iptables_variant=iptables_variant)
-    sys.exit(run_from_file(path, node, config, families=(int(family),), once=once))
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = load_config(config_path)
+        if cluster_cidr:
+            config = config.with_overrides(cluster_cidrs=parse_config({"clusterCIDR": cluster_cidr}).cluster_cidrs)
+    except ConfigError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    for warning in config.warnings:
+        click.echo(f"warning: config: {warning}", err=True)
+    config = config.with_overrides(mode=backend, iptables_variant=iptables_variant,
+                                   healthz_bind_address=healthz_bind_address, metrics_bind_address=metrics_bind_address)
+    if config.mode != "iptables":
+        click.echo(f"error: mode {config.mode!r} is not available yet; use iptables", err=True)
+        sys.exit(2)
+    name = node_name(node, config)
+    if path:
+        from .sources.file import FileSource
+
+        source = FileSource(path)
+    else:
+        from .sources.kube import KubeClient, KubeSource
+
+        try:
+            source = KubeSource(KubeClient(kubeconfig), name, proxy_name)
+        except Exception as err:  # noqa: BLE001 - a missing kubeconfig or service account
+            click.echo(f"error: cannot configure the Kubernetes client: {err}", err=True)
+            sys.exit(2)
+    daemon = Daemon(source, Proxier(name, config, (int(family),), proxy_name), config, serve_http=not once)
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    logging.getLogger("pyproxy").info("pyproxy starting on node %s (%s)", name, "file " + path if path else "API")
+    sys.exit(daemon.run(once=once))
 
 
 @main.command()

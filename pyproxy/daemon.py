@@ -1,67 +1,210 @@
-"""The sync loop for `pyproxy run`: follow a manifests file and keep the kernel in step.
+"""The daemon: one loop from a source's store to the kernel, with health, metrics and the
+per-service health check servers hanging off it. The same loop serves `pyproxy run -f FILE` and
+the Kubernetes API source.
 
-A bounded-frequency runner, like kube-proxy's: changes are applied no sooner than minSyncPeriod
-after the previous sync, a full sync runs every syncPeriod and after any failure. A file that
-cannot be parsed keeps the previous state (and rules) in place.
+Scheduling is kube-proxy's bounded-frequency runner: a change is applied at most minSyncPeriod
+after the previous sync, with a burst of 2 (two syncs may run back to back), a full sync runs
+every syncPeriod and after a failure, and nothing is programmed before Services and
+EndpointSlices have both been listed. Stopping leaves the rules in place.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
+import threading
 import time
+from typing import Protocol
 
 from .config import ProxyConfig
-from .proxier import Proxier
-from .sources.manifests import ManifestError, ManifestWatcher, load_manifests
+from .health import ProxyHealth, ServiceHealthServers, health_server
+from .iptables.apply import ApplyError
+from .metrics import Metrics
+from .proxier import Proxier, SyncReport
+from .sources.store import Store
 
 log = logging.getLogger("pyproxy")
 
 
-def run_from_file(path: str, node: str, config: ProxyConfig, families: tuple[int, ...] = (4,),
-                  once: bool = False, poll: float = 0.1) -> int:
-    proxier = Proxier(node, config, families)
-    watcher = ManifestWatcher(path)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-    cluster = None
-    last_sync = last_full = float("-inf")
-    pending = True
-    failed = False
-    while not stop:
+class Source(Protocol):
+    store: Store
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def synced(self) -> bool: ...
+
+
+class TokenBucket:
+    """minSyncPeriod between syncs on average, up to `burst` at once."""
+
+    def __init__(self, interval: float, burst: int = 2) -> None:
+        self.interval = interval
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def _refill(self) -> None:
         now = time.monotonic()
-        if watcher.changed():
+        if self.interval > 0:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) / self.interval)
+        else:
+            self.tokens = self.burst
+        self.stamp = now
+
+    def wait_time(self) -> float:
+        self._refill()
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) * self.interval
+
+    def take(self) -> None:
+        self._refill()
+        self.tokens -= 1
+
+
+class Daemon:
+    def __init__(self, source: Source, proxier: Proxier, config: ProxyConfig, serve_http: bool = True) -> None:
+        self.source = source
+        self.proxier = proxier
+        self.config = config
+        self.metrics = Metrics()
+        self.health = ProxyHealth(config.sync_period)
+        self.service_health = ServiceHealthServers(self.health)
+        self.serve_http = serve_http
+        self.servers: list = []
+        self.stop_event = threading.Event()
+        self.latencies: list[float] = []  # network programming latencies seen (for benchmarks)
+        self._triggers: dict[str, str] = {}
+        self._changes_seen = (0, 0)
+
+    def start_http(self) -> None:
+        for address, factory in ((self.config.healthz_bind_address,
+                                  lambda a: health_server(a, self.health, self.metrics.count_health)),
+                                 (self.config.metrics_bind_address, self.metrics.serve)):
+            if address:
+                try:
+                    self.servers.append(factory(address))
+                except OSError as err:
+                    log.error("cannot listen on %s: %s", address, err)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.source.store.changed.acquire()
+        self.source.store.changed.notify_all()
+        self.source.store.changed.release()
+
+    def run(self, once: bool = False) -> int:
+        if self.serve_http:
+            self.start_http()
+        self.source.start()
+        try:
+            return self._loop(once)
+        finally:
+            self.source.stop()
+            self.service_health.close()
+            for server in self.servers:
+                server.shutdown()
+                server.server_close()
+            log.info("stopping; rules are left in place")
+
+    def _loop(self, once: bool) -> int:
+        store = self.source.store
+        bucket = TokenBucket(self.config.min_sync_period)
+        synced_version = -1
+        last_full = float("-inf")
+        failed = False
+        waiting_logged = False
+        while not self.stop_event.is_set():
+            if not self.source.synced():
+                if not waiting_logged:
+                    log.info("waiting for Services and EndpointSlices to be listed")
+                    waiting_logged = True
+                store.wait_for_change(store.version, 0.5)
+                continue
+            version = store.version
+            pending = version != synced_version
+            if pending:
+                self.health.queued()
+                self.metrics.last_queued.set(time.time())
+            self._count_changes(store)
+            now = time.monotonic()
+            full = failed or now - last_full >= self.config.sync_period
+            if not (pending or full):
+                store.wait_for_change(version, max(0.05, last_full + self.config.sync_period - now))
+                continue
+            delay = bucket.wait_time()
+            if delay > 0:
+                self.stop_event.wait(min(delay, 0.5))
+                continue
+            bucket.take()
+            cluster, version = store.snapshot()
             try:
-                loaded = load_manifests(path)
-            except ManifestError as err:
-                log.error("keeping the previous state: %s", err)
-            else:
-                for error in loaded.errors:
-                    log.warning("skipped: %s", error)
-                cluster, pending = loaded, True
-        full = failed or now - last_full >= config.sync_period
-        if cluster is not None and (pending or full) and now - last_sync >= config.min_sync_period:
-            try:
-                report = proxier.sync(cluster, full=full)
-            except Exception as err:  # noqa: BLE001 - keep running; the next sync is full
+                report = self.proxier.sync(cluster, full=full)
+            except Exception as err:  # noqa: BLE001 - keep running; the next sync is a full one
                 log.error("sync failed, previous rules left in place: %s", err)
+                if isinstance(err, ApplyError):
+                    self.metrics.restore_failures.inc()
                 failed = True
                 if once:
                     return 1
-            else:
-                failed = False
-                for family, result in report.results.items():
-                    log.info("synced ipv%d: %s, %d service ports, %d chains written, %d deleted, "
-                             "render %.3fs, apply %.3fs, %d stale UDP flows removed",
-                             family, "full" if result.full else "partial", len(report.view.family(family)),
-                             result.chains_written, result.chains_deleted, report.render_seconds, result.seconds,
-                             report.stale_flows_deleted)
-                if full:
-                    last_full = now
-                if once:
-                    return 0
-            last_sync, pending = now, False
-        time.sleep(poll)
-    log.info("stopping; rules are left in place")
-    return 0
+                continue
+            failed = False
+            synced_version = version
+            if full:
+                last_full = now
+            self._after_sync(report, cluster)
+            if once:
+                return 0
+        return 0
+
+    def _count_changes(self, store: Store) -> None:
+        services, endpoints = store.service_changes, store.endpoint_changes
+        seen_s, seen_e = self._changes_seen
+        self.metrics.service_changes.inc(services - seen_s)
+        self.metrics.endpoint_changes.inc(endpoints - seen_e)
+        self._changes_seen = (services, endpoints)
+
+    def _after_sync(self, report: SyncReport, cluster) -> None:
+        now = time.time()
+        self.health.updated()
+        view = report.view
+        self.health.node_deleting = view.deleting
+        self.metrics.last_sync.set(now)
+        self.metrics.service_changes_pending.set(0)
+        self.metrics.endpoint_changes_pending.set(0)
+        for family, result in report.results.items():
+            duration = result.seconds + report.render_seconds
+            self.metrics.sync_duration.observe(duration)
+            (self.metrics.full_sync_duration if result.full else self.metrics.partial_sync_duration).observe(duration)
+            log.info("synced ipv%d: %s, %d service ports, %d chains written, %d deleted, render %.3fs, apply %.3fs, "
+                     "%d stale UDP flows removed", family, "full" if result.full else "partial",
+                     len(view.family(family)), result.chains_written, result.chains_deleted, report.render_seconds,
+                     result.seconds, report.stale_flows_deleted)
+        for table, count in report.rule_counts.items():
+            self.metrics.rules.labels(table=table).set(count)
+        self.metrics.no_local_endpoints.labels(traffic_policy="internal").set(
+            sum(1 for p in view.ports if p.internal_policy_local and not p.local_endpoints))
+        self.metrics.no_local_endpoints.labels(traffic_policy="external").set(
+            sum(1 for p in view.ports if p.external_policy_local and p.externally_accessible and not p.local_endpoints))
+        # Network programming latency: slices whose trigger time we have not seen applied yet.
+        triggers = {key: s.trigger_time for key, s in cluster.slices.items() if s.trigger_time}
+        for key, trigger in triggers.items():
+            if self._triggers.get(key) != trigger:
+                latency = self.metrics.observe_trigger(trigger, now)
+                if latency is not None:
+                    self.latencies.append(latency)
+        self._triggers = triggers
+        wanted = {}
+        for p in view.ports:
+            if p.health_check_node_port and p.external_policy_local:
+                count = sum(1 for ep in p.local_endpoints if ep.ready)
+                wanted[p.health_check_node_port] = (p.namespace, p.name, count)
+        self.service_health.sync(wanted)
+
+
+def node_name(override: str = "", config: ProxyConfig | None = None) -> str:
+    """kube-proxy's order: --hostname-override (flag, then config), then NODE_NAME, then the hostname."""
+    import os
+    import socket
+
+    return (override or (config.hostname_override if config else "") or os.environ.get("NODE_NAME")
+            or socket.gethostname()).strip().lower()

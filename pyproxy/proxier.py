@@ -27,6 +27,7 @@ class SyncReport:
     results: dict[int, SyncResult] = field(default_factory=dict)
     stale_flows_deleted: int = 0
     render_seconds: float = 0.0
+    rule_counts: dict[str, int] = field(default_factory=dict)
 
 
 class Proxier:
@@ -62,6 +63,8 @@ class Proxier:
         report = SyncReport(view)
         rulesets = {f: self.renderer.render(view, f) for f in self.backends}
         report.render_seconds = time.monotonic() - start
+        for table in ("filter", "nat"):
+            report.rule_counts[table] = sum(r.rule_count(table) for r in rulesets.values())
         for family, backend in self.backends.items():
             report.results[family] = backend.sync(rulesets[family], full)
             report.stale_flows_deleted += self.cleaners[family].clean(view)

@@ -1,0 +1,140 @@
+"""kube-proxy's health endpoints and the per-service healthCheckNodePort servers.
+
+/healthz and /livez (healthzBindAddress, default 0.0.0.0:10256) answer 503 once a queued update
+has waited longer than 2 x syncPeriod without being applied; /healthz also while the node is
+being deleted (so load balancers drain it). Each externalTrafficPolicy=Local service with a
+healthCheckNodePort gets a server answering 200 while this node has ready local endpoints and
+the proxy is healthy, 503 otherwise, with kube-proxy's JSON body and headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+log = logging.getLogger("pyproxy.health")
+
+
+def _rfc3339(ts: float) -> str:
+    if not ts:
+        return "0001-01-01T00:00:00Z"
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class ProxyHealth:
+    def __init__(self, sync_period: float, clock: Callable[[], float] = time.time) -> None:
+        self.timeout = 2 * sync_period
+        self.clock = clock
+        self.last_updated = 0.0
+        self.oldest_queued = 0.0  # 0: nothing waiting
+        self.node_deleting = False
+        self.lock = threading.Lock()
+
+    def queued(self) -> None:
+        with self.lock:
+            if not self.oldest_queued:
+                self.oldest_queued = self.clock()
+
+    def updated(self) -> None:
+        with self.lock:
+            self.last_updated = self.clock()
+            self.oldest_queued = 0.0
+
+    def healthy(self) -> bool:
+        with self.lock:
+            return not self.oldest_queued or self.clock() - self.oldest_queued < self.timeout
+
+    def livez(self) -> tuple[int, dict]:
+        body = {"lastUpdated": _rfc3339(self.last_updated), "currentTime": _rfc3339(self.clock())}
+        return (200 if self.healthy() else 503), body
+
+    def healthz(self) -> tuple[int, dict]:
+        code, body = self.livez()
+        body["nodeEligible"] = not self.node_deleting
+        return (code if not self.node_deleting else 503), body
+
+
+def _json_handler(route: Callable[[str], tuple[int, dict, dict] | None]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            answer = route(self.path.split("?", 1)[0])
+            if answer is None:
+                self.send_error(404)
+                return
+            code, body, headers = answer
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+def serve(address: str, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    host, _, port = address.rpartition(":")
+    server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    return server
+
+
+def health_server(address: str, health: ProxyHealth, count: Callable[[str, int], None]) -> ThreadingHTTPServer:
+    def route(path: str) -> tuple[int, dict, dict] | None:
+        if path not in ("/healthz", "/livez"):
+            return None
+        code, body = health.healthz() if path == "/healthz" else health.livez()
+        count(path[1:], code)
+        return code, body, {}
+
+    return serve(address, _json_handler(route))
+
+
+class ServiceHealthServers:
+    """One HTTP server per healthCheckNodePort; `sync` starts and stops them to match."""
+
+    def __init__(self, health: ProxyHealth, bind_host: str = "0.0.0.0") -> None:
+        self.health = health
+        self.bind_host = bind_host
+        self.servers: dict[int, ThreadingHTTPServer] = {}
+        self.state: dict[int, tuple[str, str, int]] = {}  # port -> (namespace, name, local endpoints)
+
+    def sync(self, wanted: dict[int, tuple[str, str, int]]) -> None:
+        self.state = dict(wanted)
+        for port in [p for p in self.servers if p not in wanted]:
+            server = self.servers.pop(port)
+            server.shutdown()
+            server.server_close()
+        for port in wanted:
+            if port in self.servers:
+                continue
+            try:
+                self.servers[port] = serve(f"{self.bind_host}:{port}", _json_handler(self._route(port)))
+            except OSError as err:
+                log.error("cannot serve healthCheckNodePort %d: %s", port, err)
+
+    def _route(self, port: int) -> Callable[[str], tuple[int, dict, dict]]:
+        def route(_: str) -> tuple[int, dict, dict]:
+            namespace, name, count = self.state.get(port, ("", "", 0))
+            healthy = self.health.healthy()
+            body = {"service": {"namespace": namespace, "name": name}, "localEndpoints": count,
+                    "serviceProxyHealthy": healthy}
+            code = 200 if count > 0 and healthy else 503
+            return code, body, {"X-Load-Balancing-Endpoint-Weight": str(count)}
+
+        return route
+
+    def close(self) -> None:
+        self.sync({})

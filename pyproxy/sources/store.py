@@ -1,0 +1,59 @@
+"""The cluster state a source maintains, shared with the sync loop.
+
+Invariant: an object that did not change keeps its instance. Sources replace an entry only when
+the new value differs, so the view builder can tell "unchanged" by identity (see ViewBuilder).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..model.parse import Cluster
+
+
+@dataclass
+class Store:
+    cluster: Cluster = field(default_factory=Cluster)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    changed: threading.Condition = field(init=False)
+    synced: dict[str, bool] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)  # object version -> reason, logged once
+    version: int = 0  # bumped by every change
+    service_changes: int = 0
+    endpoint_changes: int = 0
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
+
+    def table(self, kind: str) -> dict[str, Any]:
+        c = self.cluster
+        return {"Service": c.services, "EndpointSlice": c.slices, "Node": c.nodes}[kind]
+
+    def set(self, kind: str, key: str, obj: Any) -> bool:
+        """Store (or with None, remove) one object; the caller holds the lock. True if it changed."""
+        table = self.table(kind)
+        if obj is None:
+            if table.pop(key, None) is None:
+                return False
+        elif table.get(key) == obj:
+            return False
+        else:
+            table[key] = obj
+        self.version += 1
+        if kind == "Service":
+            self.service_changes += 1
+        elif kind == "EndpointSlice":
+            self.endpoint_changes += 1
+        return True
+
+    def snapshot(self) -> tuple[Cluster, int]:
+        with self.lock:
+            c = self.cluster
+            return Cluster(dict(c.services), dict(c.slices), dict(c.nodes), list(c.errors)), self.version
+
+    def wait_for_change(self, version: int, timeout: float) -> None:
+        with self.changed:
+            if self.version == version:
+                self.changed.wait(timeout)
