@@ -336,3 +336,55 @@ def cleanup(iptables_variant):
             except (ApplyError, FileNotFoundError) as err:
                 click.echo(f"warning: {variant} ipv{family}: {err}", err=True)
     click.echo(f"removed {total} chains")
+
+
+# -- DNS ---------------------------------------------------------------------------------------
+
+
+@main.group("dns")
+def dns_group() -> None:
+    """The responder for the cluster zone (headless Services, SRV, PTR, ExternalName)."""
+
+
+@dns_group.command("serve")
+@click.option("-f", "--filename", "path", type=click.Path(exists=True, dir_okay=False),
+              help="follow a manifests file instead of the Kubernetes API")
+@click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False))
+@click.option("--listen", default="0.0.0.0:53", show_default=True, help="ADDR:PORT, UDP and TCP")
+@click.option("--zone", default="cluster.local", show_default=True)
+@click.option("--ttl", default=5, show_default=True, type=click.IntRange(0, 86400))
+def dns_serve(path, kubeconfig, listen, zone, ttl):
+    """Answer for the cluster zone until stopped."""
+    import logging
+    import signal
+    import threading
+
+    from .dns.daemon import follow
+    from .dns.server import DnsServer, Responder
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    host, _, port = listen.rpartition(":")
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise click.BadParameter(f"expected ADDR:PORT, got {listen!r}", param_hint="--listen") from None
+    if path:
+        from .sources.file import FileSource
+
+        source = FileSource(path)
+    else:
+        from .sources.kube import KubeClient, KubeSource
+
+        source = KubeSource(KubeClient(kubeconfig), "", label_selector="")
+    responder = Responder()
+    try:
+        server = DnsServer(responder, host.strip("[]") or "0.0.0.0", port_number).start()
+    except OSError as err:
+        click.echo(f"error: cannot listen on {listen}: {err.strerror}", err=True)
+        sys.exit(2)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    logging.getLogger("pyproxy.dns").info("serving %s on %s:%d (UDP and TCP)", zone, server.host, server.port)
+    follow(source, responder, zone, ttl, stop)
+    server.stop()

@@ -73,6 +73,7 @@ class Daemon:
         self.servers: list = []
         self.stop_event = threading.Event()
         self.latencies: list[float] = []  # network programming latencies seen (for benchmarks)
+        self.syncs = 0
         self._triggers: dict[str, str] = {}
         self._changes_seen = (0, 0)
 
@@ -199,6 +200,7 @@ class Daemon:
                 count = sum(1 for ep in p.local_endpoints if ep.ready)
                 wanted[p.health_check_node_port] = (p.namespace, p.name, count)
         self.service_health.sync(wanted)
+        self.syncs += 1
 
 
 def node_name(override: str = "", config: ProxyConfig | None = None) -> str:

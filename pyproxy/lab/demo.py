@@ -83,7 +83,32 @@ def services(lab: Lab, echo: Callable[[str], None]) -> bool:
     return ok
 
 
+def headless_dns(lab: Lab, echo: Callable[[str], None]) -> bool:
+    from .dns import resolve, resolver_for, start_dns
+
+    headless = {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "web-headless"},
+                "spec": {"clusterIP": "None", "selector": {"app": "web"},
+                         "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}
+    server = start_dns(lab, [headless, *demo_services(lab)])
+    try:
+        client = next((p for p in lab.pods if p.startswith("client")), next(iter(lab.pods)))
+        web = sorted(p.ip for p in lab.pods.values() if p.labels.get("app") == "web")
+        echo(f"\nDNS (pyproxy dns on {lab.spec.nodes[0].name}, asked by {client} at {resolver_for(lab, client)})")
+        ok = True
+        for name, rdtype, want in (("web-headless.default.svc.cluster.local", "A", web),
+                                   ("web.default.svc.cluster.local", "A", ["10.96.0.10"]),
+                                   ("_http._tcp.web-headless.default.svc.cluster.local", "SRV", None)):
+            got = resolve(lab, client, name, rdtype)
+            good = got == want if want is not None else len(got) == len(web)
+            ok &= good
+            echo(f"  {name:<52} {rdtype:<4} {', '.join(got)}  {'yes' if good else 'NO'}")
+        return ok
+    finally:
+        server.stop()
+
+
 def run_demo(lab: Lab, echo: Callable[[str], None]) -> bool:
     echo(f"lab {lab.spec.name}: {len(lab.spec.nodes)} nodes, {len(lab.pods)} pods, up")
     ok = pod_to_pod(lab, echo)
-    return services(lab, echo) and ok
+    ok = services(lab, echo) and ok
+    return headless_dns(lab, echo) and ok

@@ -222,6 +222,8 @@ class Reflector:
                 log.info("%s watch expired (%s): relisting", self.resource.kind, err)
                 need_list = True
             except Exception as err:  # noqa: BLE001 - network and server faults: back off, retry
+                if self.stopped.is_set():
+                    break
                 failures += 1
                 delay = min(self.backoff_max, self.backoff_base * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
                 log.warning("%s %s failed (%s); retrying in %.1fs", self.resource.kind,
@@ -240,14 +242,18 @@ class Reflector:
 class KubeSource:
     """Services, EndpointSlices and this node's Node, reflected into one Store."""
 
-    def __init__(self, client: KubeClient, node_name: str, proxy_name: str = "", **reflector_options: Any) -> None:
+    def __init__(self, client: KubeClient, node_name: str, proxy_name: str = "", label_selector: str | None = None,
+                 **reflector_options: Any) -> None:
+        """`label_selector` None: the proxy's selector; "" (for DNS): every service."""
         self.store = Store()
-        selector = proxy_label_selector(proxy_name)
+        selector = proxy_label_selector(proxy_name) if label_selector is None else label_selector
         self.reflectors = [
             Reflector(client, SERVICES, self.store, label_selector=selector, **reflector_options),
             Reflector(client, ENDPOINT_SLICES, self.store, label_selector=selector, **reflector_options),
-            Reflector(client, NODES, self.store, field_selector=f"metadata.name={node_name}", **reflector_options),
         ]
+        if node_name:
+            self.reflectors.append(Reflector(client, NODES, self.store, field_selector=f"metadata.name={node_name}",
+                                             **reflector_options))
 
     def start(self) -> None:
         for r in self.reflectors:

@@ -1,0 +1,11 @@
+# The image daemonset.yaml runs: pyproxy with the iptables, nftables, ipset and conntrack tools.
+FROM debian:12-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv iptables nftables ipset conntrack iproute2 \
+ && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml README.md /src/
+COPY pyproxy /src/pyproxy
+RUN python3 -m venv /opt/pyproxy && /opt/pyproxy/bin/pip install --no-cache-dir /src && rm -rf /src
+ENV PATH=/opt/pyproxy/bin:$PATH
+ENTRYPOINT []
+CMD ["pyproxy", "run"]

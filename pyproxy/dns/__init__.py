@@ -1,0 +1,1 @@
+"""The DNS responder for the cluster zone: zone (pure) and server (asyncio)."""

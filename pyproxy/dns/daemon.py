@@ -1,0 +1,30 @@
+"""Keep a Responder's zone in step with a source: rebuild on every change (coalesced over 50 ms)
+and swap it in whole, so a query never sees half a zone."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .server import Responder
+from .zone import build_zone
+
+log = logging.getLogger("pyproxy.dns")
+
+
+def follow(source, responder: Responder, zone: str, ttl: int, stop: threading.Event) -> None:
+    source.start()
+    store = source.store
+    built = -1
+    while not stop.is_set():
+        if not source.synced() or store.version == built:
+            store.wait_for_change(store.version if source.synced() else -2, 0.5)
+            continue
+        time.sleep(0.05)  # let a burst of events land in one rebuild
+        cluster, version = store.snapshot()
+        start = time.monotonic()
+        responder.zone = build_zone(cluster, zone, ttl)
+        built = version
+        log.info("zone %s rebuilt: %d services, %.3fs", zone, len(cluster.services), time.monotonic() - start)
+    source.stop()
