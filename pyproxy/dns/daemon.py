@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 
-from .server import Responder
+from .server import Responder, warm
 from .zone import build_zone
 
 log = logging.getLogger("pyproxy.dns")
@@ -24,7 +24,11 @@ def follow(source, responder: Responder, zone: str, ttl: int, stop: threading.Ev
         time.sleep(0.05)  # let a burst of events land in one rebuild
         cluster, version = store.snapshot()
         start = time.monotonic()
-        responder.zone = build_zone(cluster, zone, ttl)
+        new = build_zone(cluster, zone, ttl)
+        # Unchanged names keep their rendered answers; the rest render on first query (rendering
+        # them all here would hold the GIL for seconds at 1,000 services and starve the UDP loop).
+        warm(new, responder.zone, render=False)
+        responder.zone = new  # swapped whole: a query sees the old zone or the new one
         built = version
         log.info("zone %s rebuilt: %d services, %.3fs", zone, len(cluster.services), time.monotonic() - start)
     source.stop()

@@ -44,8 +44,6 @@ class Entry:
     answer: list[dns.rrset.RRset] = field(default_factory=list)
     authority: list[dns.rrset.RRset] = field(default_factory=list)
     additional: list[dns.rrset.RRset] = field(default_factory=list)
-    wire: bytes = b""  # without EDNS
-    wire_edns: bytes = b""  # with an OPT record
 
 
 @dataclass
@@ -56,6 +54,9 @@ class Zone:
     additional: dict[dns.name.Name, list[dns.name.Name]]  # SRV owner -> its targets
     soa: dns.rrset.RRset
     _cache: dict[tuple[dns.name.Name, int], Entry] = field(default_factory=dict)
+    # (lowercased question name in wire form, type, EDNS) -> (rcode, response wire): the server's
+    # hot path, filled on first use; a new zone starts with an empty one.
+    wire_cache: dict[tuple[bytes, int, bool], tuple[int, bytes]] = field(default_factory=dict)
 
     def lookup(self, name: dns.name.Name, rdtype: int) -> Entry | None:
         """The answer for a lowercased name, or None when we are not authoritative for it."""

@@ -127,12 +127,9 @@ class Reflector:
     def _set(self, key: str, obj: Any) -> bool:
         return self.store.set(self.resource.kind, key, obj)
 
-    def replace(self, items: list[dict]) -> int:
-        """Apply a full LIST: add/update what is listed, delete what is not. Returns changes."""
-        parsed = {}
-        for raw in items:
-            key = self.resource.key(raw)
-            parsed[key] = self._parse(key, raw)
+    def replace(self, parsed: dict[str, Any]) -> int:
+        """Apply a full LIST (key -> parsed object or None): add/update what is listed, delete
+        what is not. Returns the number of changes."""
         changes = 0
         with self.store.lock:
             table = self.store.table(self.resource.kind)
@@ -156,7 +153,9 @@ class Reflector:
     # -- list and watch ------------------------------------------------------------------------------
 
     def list(self) -> None:
-        items: list[dict] = []
+        # Each page is parsed into the model as it arrives and its JSON dropped: at 100k
+        # endpoints the decoded JSON of a whole LIST would be several times the model's size.
+        parsed: dict[str, Any] = {}
         cont = ""
         while True:
             resp = self.client.get(self.resource.path, {"limit": self.page_size, "continue": cont,
@@ -167,15 +166,18 @@ class Reflector:
                 body = json.loads(resp.data)
             finally:
                 resp.release_conn()
-            items.extend(body.get("items") or [])
+            for raw in body.get("items") or []:
+                key = self.resource.key(raw)
+                parsed[key] = self._parse(key, raw)
             meta = body.get("metadata") or {}
+            del body
             cont = meta.get("continue") or ""
             if not cont:
                 self.resource_version = meta.get("resourceVersion", "")
                 break
-        changes = self.replace(items)
+        changes = self.replace(parsed)
         self.relists += 1
-        log.info("listed %d %ss (resourceVersion %s, %d changes)", len(items), self.resource.kind,
+        log.info("listed %d %ss (resourceVersion %s, %d changes)", len(parsed), self.resource.kind,
                  self.resource_version, changes)
 
     def watch(self) -> None:

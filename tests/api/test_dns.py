@@ -8,6 +8,7 @@ import struct
 import subprocess
 
 import dns.flags
+import dns.name
 import dns.message
 import dns.query
 import dns.rcode
@@ -241,3 +242,17 @@ def test_served_from_the_kubernetes_api_including_headless_services(tmp_path):
         thread.join(3)
         server.stop()
         api.stop()
+
+
+def test_a_rebuilt_zone_reuses_the_answers_of_unchanged_names():
+    from pyproxy.dns.server import warm
+
+    old = build_zone(parse_objects(CLUSTER))
+    query = dns.message.make_query("web.ns.svc.cluster.local", "A").to_wire()
+    Responder(old).respond(query)  # renders and caches web's answer
+    changed = [o for o in CLUSTER if o["metadata"]["name"] != "plain"]  # another service went away
+    new = build_zone(parse_objects(changed))
+    warm(new, old, render=False)
+    key = (dns.name.from_text("web.ns.svc.cluster.local").to_wire(), 1, False)
+    assert new.wire_cache[key] is old.wire_cache[key]
+    assert dns.message.from_wire(Responder(new).respond(query)).answer[0][0].to_text() == "10.96.0.10"
