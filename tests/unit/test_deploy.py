@@ -35,7 +35,8 @@ def test_rbac_is_read_only_but_events():
 def test_the_daemonset_runs_like_kube_proxy():
     ds = next(d for d in documents() if d["kind"] == "DaemonSet")
     pod = ds["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    container, dns_container = pod["containers"]
+    assert dns_container["command"][:3] == ["pyproxy", "dns", "serve"]
     assert pod["hostNetwork"] and pod["priorityClassName"] == "system-node-critical"
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/run/xtables.lock", "/lib/modules"}
