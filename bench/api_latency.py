@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, ROOT)
 
+from benchutil import peak_rss_mb  # noqa: E402
 from pyproxy import netns  # noqa: E402
 from pyproxy.config import ProxyConfig  # noqa: E402
 from tests.apiserver import FakeApiServer  # noqa: E402
@@ -120,20 +121,18 @@ def list_child(path: str, kubeconfig: str) -> None:
         from kubernetes import client, config
 
         config.load_kube_config(config_file=kubeconfig)
-        svcs, eps, cont = [], [], None
-        core, disc = client.CoreV1Api(), client.DiscoveryV1Api()
-        while True:
-            page = core.list_service_for_all_namespaces(limit=500, _continue=cont)
-            svcs += page.items
-            cont = page.metadata._continue
-            if not cont:
-                break
-        while True:
-            page = disc.list_endpoint_slice_for_all_namespaces(limit=500, _continue=cont)
-            eps += page.items
-            cont = page.metadata._continue
-            if not cont:
-                break
+
+        def paged(list_fn) -> list:
+            items, cont = [], None
+            while True:
+                page = list_fn(limit=500, _continue=cont)
+                items += page.items
+                cont = page.metadata._continue
+                if not cont:
+                    return items
+
+        svcs = paged(client.CoreV1Api().list_service_for_all_namespaces)
+        eps = paged(client.DiscoveryV1Api().list_endpoint_slice_for_all_namespaces)
         count = (len(svcs), sum(len(s.endpoints or []) for s in eps))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"path": path, "seconds": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
@@ -156,13 +155,6 @@ def list_cost(n: int) -> list[dict]:
         return rows
     finally:
         api.stop()
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the forking parent's
-    peak into the child's ru_maxrss across exec."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def main() -> None:

@@ -5,8 +5,10 @@
 For each size: N services of 10 endpoints each, a NodePort on every tenth. Each (variant, size)
 runs in a child process (so its peak RSS is the daemon's, cluster model included) inside network
 namespaces made for it:
-  * render: NodeView -> ruleset text, from scratch;
-  * apply: the full sync pyproxy does (iptables-save, restore with jumps and canary);
+  * render: cluster state -> NodeView (the rules themselves are rendered while iptables-restore
+    reads them, as the daemon does, so their time is inside apply);
+  * apply: the full sync pyproxy does (iptables-save, rules rendered and streamed into restore
+    with jumps and canary);
   * bare: `iptables-<variant>-restore --noflush` of the very text apply wrote, in a fresh namespace;
   * partial: one endpoint of one service replaced, from the in-memory state change to the kernel
     (view, render and restore), median of 5.
@@ -29,6 +31,7 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from benchutil import peak_rss_mb  # noqa: E402
 from pyproxy import netns  # noqa: E402
 from pyproxy.config import ProxyConfig  # noqa: E402
 from pyproxy.iptables.apply import IptablesBackend  # noqa: E402
@@ -76,10 +79,8 @@ def one(variant: str, n: int) -> dict:
     renderer = Renderer(config)
     start = time.perf_counter()
     view = views.build(cluster)
-    ruleset = renderer.render(view, 4)
-    render_s = time.perf_counter() - start  # view + rules; the text is streamed during apply
-    out: dict = {"variant": variant, "services": n, "rules_nat": ruleset.rule_count("nat"),
-                 "rules_filter": ruleset.rule_count("filter"), "render_s": render_s}
+    render_s = time.perf_counter() - start  # the view; rules render while restore reads them (apply)
+    out: dict = {"variant": variant, "services": n, "render_s": render_s}
     node_ns, bare_ns = ns_add(), ns_add()
     try:
         with netns.entered(node_ns):
@@ -98,8 +99,9 @@ def one(variant: str, n: int) -> dict:
                 return real_restore(tee(), noflush)
 
             backend.restore = recording_restore  # type: ignore[method-assign]
-            out["apply_s"] = backend.sync(ruleset, full=True).seconds
+            out["apply_s"] = backend.sync(renderer.lazy(view, 4), full=True).seconds
             backend.restore = real_restore  # type: ignore[method-assign]
+            out["rules_nat"] = backend.last_ruleset.rule_count("nat")
         recorded.flush()
         with netns.entered(bare_ns), open(recorded.name, "rb") as data:
             cmd = [f"iptables-{variant}-restore", *(["--noflush"] if flags[0] else [])]
@@ -120,7 +122,7 @@ def one(variant: str, n: int) -> dict:
                 view = views.build(cluster)
                 rendered = renderer.render(view, 4)
                 partial_py.append(time.perf_counter() - start)
-                result = backend.sync(rendered)
+                result = backend.sync(rendered)  # a partial sync renders everything (memoised) first
                 partial.append(time.perf_counter() - start)
                 assert not result.full and result.chains_written >= 1, result
         out["partial_s"] = statistics.median(partial)
@@ -130,13 +132,6 @@ def one(variant: str, n: int) -> dict:
         ns_del(bare_ns)
     out["peak_rss_mb"] = peak_rss_mb()
     return out
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries the forking parent's
-    peak into the child's ru_maxrss across exec."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def main() -> None:

@@ -43,18 +43,21 @@ def _load_lab_spec(path: str | None) -> tuple[object, dict]:
         raise click.ClickException(f"{path or 'built-in lab'}: {err}") from None
 
 
-@lab.command("up")
-@click.option("-f", "--file", "path", type=click.Path(exists=True, dir_okay=False), help="lab YAML (default: built-in)")
-def lab_up(path: str | None) -> None:
-    """Create the lab's nodes, pods and external client."""
+def _bring_up(path: str | None):
     from .lab import Lab, LabError
 
     spec, raw = _load_lab_spec(path)
     try:
-        lab_ = Lab(spec).up(raw)
+        return Lab(spec).up(raw)
     except LabError as err:
         raise click.ClickException(str(err)) from None
-    _print_status(lab_.status())
+
+
+@lab.command("up")
+@click.option("-f", "--file", "path", type=click.Path(exists=True, dir_okay=False), help="lab YAML (default: built-in)")
+def lab_up(path: str | None) -> None:
+    """Create the lab's nodes, pods and external client."""
+    _print_status(_bring_up(path).status())
 
 
 def _print_status(status: dict) -> None:
@@ -113,14 +116,9 @@ def lab_exec(name: str, target: str, command: tuple[str, ...]) -> None:
 @click.option("-f", "--file", "path", type=click.Path(exists=True, dir_okay=False), help="lab YAML (default: built-in)")
 def lab_demo(path: str | None) -> None:
     """Bring a lab up, show traffic through it, and take it down again."""
-    from .lab import Lab, LabError
     from .lab.demo import run_demo
 
-    spec, raw = _load_lab_spec(path)
-    try:
-        lab_ = Lab(spec).up(raw)
-    except LabError as err:
-        raise click.ClickException(str(err)) from None
+    lab_ = _bring_up(path)
     try:
         ok = run_demo(lab_, click.echo)
     finally:

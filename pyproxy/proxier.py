@@ -61,13 +61,14 @@ class Proxier:
         start = time.monotonic()
         view = self.views.build(cluster)
         report = SyncReport(view)
-        rulesets = {f: self.renderer.render(view, f) for f in self.backends}
-        report.render_seconds = time.monotonic() - start
-        for table in ("filter", "nat"):
-            report.rule_counts[table] = sum(r.rule_count(table) for r in rulesets.values())
+        report.render_seconds = time.monotonic() - start  # the view; rules render while they are written
+        counts = {"filter": 0, "nat": 0}
         for family, backend in self.backends.items():
-            report.results[family] = backend.sync(rulesets[family], full)
+            report.results[family] = backend.sync(self.renderer.lazy(view, family), full)
+            for table in counts:
+                counts[table] += backend.last_ruleset.rule_count(table)
             report.stale_flows_deleted += self.cleaners[family].clean(view)
+        report.rule_counts = counts
         return report
 
     def cleanup(self) -> int:

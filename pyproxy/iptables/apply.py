@@ -19,7 +19,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from .render import CANARY, SERVICE_CHAIN_PREFIXES, Jump, Ruleset, ServiceRules, is_service_chain
+from .render import (
+    CANARY,
+    SERVICE_CHAIN_PREFIXES,
+    Jump,
+    LazyRuleset,
+    Prerendered,
+    Ruleset,
+    ServiceRules,
+    is_service_chain,
+)
 
 # Chains pyproxy (like kube-proxy) owns outright; `cleanup` removes these and the jumps to them.
 OWN_CHAINS = {
@@ -91,6 +100,7 @@ class IptablesBackend:
         self.restore_tool = f"{base}-{self.variant}-restore"
         self._services: dict[str, ServiceRules] | None = None  # what the kernel holds, by service port
         self._shared: dict[tuple[str, str], list[str]] = {}
+        self.last_ruleset: Ruleset | None = None  # what the last successful sync applied
 
     # -- kernel I/O --------------------------------------------------------------------------------
 
@@ -136,37 +146,50 @@ class IptablesBackend:
     def needs_full_sync(self) -> bool:
         return self._services is None or not self.canary_present()
 
-    def sync(self, ruleset: Ruleset, full: bool = False) -> SyncResult:
+    def sync(self, rules: Ruleset | LazyRuleset, full: bool = False) -> SyncResult:
+        """Apply a Ruleset, or a LazyRuleset (rendered while restore reads it, on full syncs)."""
         start = time.monotonic()
         full = full or self.needs_full_sync()
+        lazy = Prerendered(rules) if isinstance(rules, Ruleset) else rules
         try:
-            if full and self.variant == "nft":
-                lines, written, deleted = self._whole_tables(ruleset)
-                size = self.restore(lines, noflush=False)
+            if full:
+                counts: dict[str, int] = {}
+                lines = self._whole_tables(lazy, counts) if self.variant == "nft" else self._full(lazy, counts)
+                size = self.restore(lines, noflush=self.variant != "nft")
+                written, deleted = counts["written"], counts["deleted"]
             else:
-                lines, written, deleted = self._full(ruleset) if full else self._partial(ruleset)
-                size = self.restore(lines) if lines is not None else 0
+                part, written, deleted = self._partial(lazy.materialize())
+                size = self.restore(part) if part is not None else 0
         except ApplyError:
             self._services = None  # whatever happened, the next sync starts from the kernel
             raise
+        ruleset = lazy.materialize()
         self._services = dict(ruleset.services)
         self._shared = {k: list(v) for k, v in ruleset.shared.items()}
+        self.last_ruleset = ruleset
         return SyncResult(full, time.monotonic() - start, written, deleted, size)
 
-    def _full(self, ruleset: Ruleset) -> tuple[Iterator[str], int, int]:
+    def _full(self, lazy: LazyRuleset | Prerendered, counts: dict[str, int]) -> Iterator[str]:
+        """Every chain of ours with `--noflush`; stale service chains found by a save go."""
         live = self.save("filter", "nat", "mangle")
-        stale = sorted(c for c in live["nat"].chains if is_service_chain(c) and c not in ruleset.service_chains())
-        lines = itertools.chain(
-            ("*mangle", f":{CANARY} - [0:0]", "COMMIT"),
-            ruleset.table_lines("filter", extra_chains=[CANARY],
-                                extra_rules=missing_jumps(ruleset.jumps, "filter", live["filter"])),
-            ruleset.table_lines("nat", delete_chains=stale, extra_chains=[CANARY],
-                                extra_rules=missing_jumps(ruleset.jumps, "nat", live["nat"])),
-        )
-        written = len(ruleset.filter_chains) + len(ruleset.nat_chains) + len(ruleset.service_chains())
-        return lines, written, len(stale)
 
-    def _whole_tables(self, ruleset: Ruleset) -> tuple[Iterator[str], int, int]:
+        def nat_tail(r: Ruleset) -> Iterator[str]:
+            stale = sorted(c for c in live["nat"].chains if is_service_chain(c) and c not in r.service_chains())
+            counts["deleted"] = len(stale)
+            counts["written"] = len(r.filter_chains) + len(r.nat_chains) + len(r.service_chains())
+            yield from (f":{c} - [0:0]" for c in stale)
+            yield from missing_jumps(r.jumps, "nat", live["nat"])
+            yield from (f"-X {c}" for c in stale)
+
+        def filter_table() -> Iterator[str]:  # after nat: needs the finished ruleset
+            r = lazy.ruleset
+            yield from r.table_lines("filter", extra_chains=[CANARY],
+                                     extra_rules=missing_jumps(r.jumps, "filter", live["filter"]))
+
+        return itertools.chain(("*mangle", f":{CANARY} - [0:0]", "COMMIT"),
+                               lazy.nat_lines(head=[f":{CANARY} - [0:0]"], tail=nat_tail), filter_table())
+
+    def _whole_tables(self, lazy: LazyRuleset | Prerendered, counts: dict[str, int]) -> Iterator[str]:
         """A full sync for iptables-nft: `iptables-nft-restore --noflush` spends minutes in user
         space on a big input (6 s at 1,000 services, over 15 min at 10,000), while a plain
         restore of whole tables is fast. So the tables are rewritten whole: everything that is
@@ -175,25 +198,38 @@ class IptablesBackend:
         another writer's change to these tables would be lost: full syncs are rare.)"""
         live = self.save("filter", "nat", "mangle")
 
-        def table(name: str) -> Iterator[str]:
+        def foreign(name: str) -> tuple[list[str], list[str]]:
             state = live[name]
             ours = set(OWN_CHAINS[name]) | {c for c in state.chains if c.startswith(SERVICE_CHAIN_PREFIXES)}
-            foreign_rules = [r for r in state.rules if r.split()[1] not in ours and _target(r) not in ours]
-            yield f"*{name}"
-            yield from (d for d in state.declarations if d[1:].split()[0] not in ours)
-            if name == "mangle":
-                yield from (f":{CANARY} - [0:0]", *foreign_rules, "COMMIT")
-                return
-            body = ruleset.table_lines(name, extra_chains=[CANARY], extra_rules=ruleset.jump_rules(name))
-            next(body)  # its own "*table" header: ours is already out, before the foreign chains
+            return ([d for d in state.declarations if d[1:].split()[0] not in ours],
+                    [r for r in state.rules if r.split()[1] not in ours and _target(r) not in ours])
+
+        def mangle() -> Iterator[str]:
+            decl, rules = foreign("mangle")
+            yield from ("*mangle", *decl, f":{CANARY} - [0:0]", *rules, "COMMIT")
+
+        nat_decl, nat_rules = foreign("nat")
+
+        def nat_tail(r: Ruleset) -> Iterator[str]:
+            counts["deleted"] = sum(1 for c in live["nat"].chains if is_service_chain(c) and c not in r.service_chains())
+            counts["written"] = len(r.filter_chains) + len(r.nat_chains) + len(r.service_chains())
+            yield from r.jump_rules("nat")
+            yield from nat_rules
+
+        def filter_table() -> Iterator[str]:  # after nat: needs the finished ruleset
+            r = lazy.ruleset
+            decl, rules = foreign("filter")
+            body = r.table_lines("filter", extra_chains=[CANARY], extra_rules=r.jump_rules("filter"))
+            next(body)
+            yield "*filter"
+            yield from decl
             for line in body:
                 if line == "COMMIT":
-                    yield from foreign_rules
+                    yield from rules
                 yield line
 
-        stale = sum(1 for c in live["nat"].chains if is_service_chain(c) and c not in ruleset.service_chains())
-        written = len(ruleset.filter_chains) + len(ruleset.nat_chains) + len(ruleset.service_chains())
-        return itertools.chain(table("mangle"), table("filter"), table("nat")), written, stale
+        return itertools.chain(mangle(), lazy.nat_lines(head=[*nat_decl, f":{CANARY} - [0:0]"], tail=nat_tail),
+                               filter_table())
 
     def _partial(self, ruleset: Ruleset) -> tuple[list[str] | None, int, int]:
         assert self._services is not None

@@ -28,6 +28,7 @@ KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 KUBE_FIREWALL = "KUBE-FIREWALL"  # kubelet's localnet guard, written by kube-proxy too
 CANARY = "KUBE-PROXY-CANARY"
 SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
+NAT_CHAINS = (KUBE_NODEPORTS, KUBE_SERVICES, KUBE_MARK_MASQ, KUBE_POSTROUTING)  # the shared ones
 # kube-proxy drops per-endpoint comments above this many endpoints (largeClusterMode).
 LARGE_CLUSTER_ENDPOINTS = 1000
 
@@ -356,20 +357,86 @@ class Renderer:
         self._memo: dict[int, tuple[Context, dict[str, tuple[ServicePortView, ServiceRules]]]] = {}
 
     def render(self, view: NodeView, family: int) -> Ruleset:
+        services = dict(self.render_services(view, family))
+        return assemble(view, self.config, family, services, self.random_fully)
+
+    def render_services(self, view: NodeView, family: int) -> Iterator[tuple[str, ServiceRules]]:
+        """Each service port's rules, one at a time (memoised); the memo is updated at the end."""
         ctx = Context.of(view, self.config, family)
         old_ctx, memo = self._memo.get(family, (None, {}))
         if old_ctx != ctx:
             memo = {}
         fresh: dict[str, tuple[ServicePortView, ServiceRules]] = {}
-        services: dict[str, ServiceRules] = {}
         for sp in view.family(family):
             old = memo.get(sp.key)
             # identity first: the ViewBuilder hands back the same view object when nothing changed
             rules = old[1] if old and (old[0] is sp or old[0] == sp) else render_service(sp, ctx)
             fresh[sp.key] = (sp, rules)
-            services[sp.key] = rules
+            yield sp.key, rules
         self._memo[family] = (ctx, fresh)
-        return assemble(view, self.config, family, services, self.random_fully)
+
+    def lazy(self, view: NodeView, family: int) -> "LazyRuleset":
+        return LazyRuleset(self, view, family)
+
+
+class LazyRuleset:
+    """A ruleset rendered while iptables-restore reads it.
+
+    For a full sync of a big cluster, rendering every service first and then restoring leaves
+    one core idle at a time. Here the nat table is written service by service as each is
+    rendered (each service's chains declared right before its rules), and the shared chains
+    (KUBE-SERVICES, ...) that jump into them come last, once all exist; the filter table, small,
+    follows. `ruleset` holds the complete Ruleset once the nat table has been streamed."""
+
+    def __init__(self, renderer: Renderer, view: NodeView, family: int) -> None:
+        self.renderer = renderer
+        self.view = view
+        self.family = family
+        self.ruleset: Ruleset | None = None
+
+    def materialize(self) -> Ruleset:
+        if self.ruleset is None:
+            self.ruleset = self.renderer.render(self.view, self.family)
+        return self.ruleset
+
+    def nat_lines(self, head: Iterable[str] = (), tail=lambda rs: ()) -> Iterator[str]:
+        """The nat table: `*nat`, the raw `head` lines, our chains, then `tail(ruleset)` (called
+        once every service is rendered) before COMMIT."""
+        yield "*nat"
+        yield from head
+        for chain in NAT_CHAINS:
+            yield f":{chain} - [0:0]"
+        services: dict[str, ServiceRules] = {}
+        for key, rules in self.renderer.render_services(self.view, self.family):
+            services[key] = rules
+            for chain in rules.chains:
+                yield f":{chain} - [0:0]"
+            for lines in rules.chains.values():
+                yield from lines
+        r = self.ruleset = assemble(self.view, self.renderer.config, self.family, services, self.renderer.random_fully)
+        for chain in r.nat_chains:
+            yield from r.shared.get(("nat", chain), ())
+        yield from tail(r)
+        yield "COMMIT"
+
+
+class Prerendered:
+    """A finished Ruleset behind LazyRuleset's interface."""
+
+    def __init__(self, ruleset: "Ruleset") -> None:
+        self.ruleset = ruleset
+
+    def materialize(self) -> "Ruleset":
+        return self.ruleset
+
+    def nat_lines(self, head: Iterable[str] = (), tail=lambda rs: ()) -> Iterator[str]:
+        body = self.ruleset.table_lines("nat")
+        yield next(body)
+        yield from head
+        for line in body:
+            if line == "COMMIT":
+                yield from tail(self.ruleset)
+            yield line
 
 
 def render(view: NodeView, config: ProxyConfig, family: int = 4, random_fully: bool = True) -> Ruleset:
@@ -382,7 +449,7 @@ def assemble(view: NodeView, config: ProxyConfig, family: int, services: dict[st
     filter_chains = [KUBE_NODEPORTS, KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_PROXY_FIREWALL]
     if family == 4 and config.localhost_node_ports:
         filter_chains.insert(3, KUBE_FIREWALL)
-    nat_chains = [KUBE_NODEPORTS, KUBE_SERVICES, KUBE_MARK_MASQ, KUBE_POSTROUTING]
+    nat_chains = list(NAT_CHAINS)
     shared: dict[tuple[str, str], list[str]] = {}
     for rules in services.values():
         for key, lines in rules.shared.items():
