@@ -264,7 +264,8 @@ def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dpor
               help="this node's name (default: the config's hostnameOverride, $NODE_NAME, the hostname)")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="KubeProxyConfiguration file")
 @click.option("--backend", type=click.Choice(["iptables"]), default=None)
-@click.option("--family", type=click.Choice(["4", "6"]), default="4", show_default=True)
+@click.option("--family", type=click.Choice(["4", "6", "dual"]), default="4", show_default=True,
+              help="IP families to program (dual: both, as a dual-stack node needs)")
 @click.option("--cluster-cidr", default=None, help="overrides the config's clusterCIDR")
 @click.option("--iptables-variant", type=click.Choice(["auto", "legacy", "nft"]), default=None)
 @click.option("--healthz-bind-address", default=None, help="host:port, '' to disable (default 0.0.0.0:10256)")
@@ -311,7 +312,8 @@ def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, ipta
         except Exception as err:  # noqa: BLE001 - a missing kubeconfig or service account
             click.echo(f"error: cannot configure the Kubernetes client: {err}", err=True)
             sys.exit(2)
-    daemon = Daemon(source, Proxier(name, config, (int(family),), proxy_name), config, serve_http=not once)
+    families = (4, 6) if family == "dual" else (int(family),)
+    daemon = Daemon(source, Proxier(name, config, families, proxy_name), config, serve_http=not once)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
     logging.getLogger("pyproxy").info("pyproxy starting on node %s (%s)", name, "file " + path if path else "API")

@@ -16,11 +16,13 @@ from .lab import Lab
 class LabDataplane:
     def __init__(self, lab: Lab, config: ProxyConfig | None = None) -> None:
         self.lab = lab
-        self.config = config or ProxyConfig(cluster_cidrs=(lab.spec.cluster_cidr,))
+        cidrs = (lab.spec.cluster_cidr,) + ((lab.spec.CLUSTER_CIDR6,) if lab.spec.ipv6 else ())
+        self.config = config or ProxyConfig(cluster_cidrs=cidrs)
+        families = (4, 6) if lab.spec.ipv6 else (4,)
         self.proxiers: dict[str, Proxier] = {}
         for node in lab.spec.nodes:
             with netns.entered(lab.node_ns(node.name)):
-                self.proxiers[node.name] = Proxier(node.name, self.config)
+                self.proxiers[node.name] = Proxier(node.name, self.config, families)
 
     def apply(self, services: list[dict[str, Any]], extra: list[dict[str, Any]] = (),
               conditions: dict[str, dict[str, bool]] | None = None, full: bool = False) -> dict[str, SyncReport]:

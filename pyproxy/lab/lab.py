@@ -53,6 +53,7 @@ class PodState:
     ip: str
     container_id: str
     pid: int = 0
+    ip6: str = ""
     ports: list[int] = field(default_factory=list)
     namespace: str = "default"
     labels: dict[str, str] = field(default_factory=dict)
@@ -188,18 +189,24 @@ class Lab:
     def _add_ns(self, name: str) -> None:
         run(["ip", "netns", "add", name])
         ip_batch(name, ["link set lo up"])
+        if self.spec.ipv6:
+            # IPv6 link-local addresses are unusable for a second or two while duplicate address
+            # detection runs; a lab's addresses are unique by construction, so skip it everywhere.
+            sysctl(name, {"net.ipv6.conf.default.accept_dad": "0", "net.ipv6.conf.all.accept_dad": "0"})
 
     def _build_network(self) -> None:
         spec = self.spec
         prefix_len = spec.node_network.prefixlen
         self._add_ns(self.switch_ns)
         ip_batch(self.switch_ns, ["link add br0 type bridge", "link set br0 up"])
-        uplinks = [(self.node_ns(n.name), n.ip) for n in spec.nodes] + [(self.external_ns, spec.external_ip)]
-        for i, (ns, address) in enumerate(uplinks):
+        uplinks = ([(self.node_ns(n.name), n.ip, n.ip6) for n in spec.nodes]
+                   + [(self.external_ns, spec.external_ip, spec.external_ip6)])
+        for i, (ns, address, address6) in enumerate(uplinks):
             self._add_ns(ns)
             ip_batch(self.switch_ns, [f"link add port{i} type veth peer name eth0 netns {ns}",
                                       f"link set port{i} master br0", f"link set port{i} up"])
-            ip_batch(ns, [f"addr add {address}/{prefix_len} dev eth0", "link set eth0 up"])
+            v6 = [f"addr add {address6}/64 dev eth0 nodad"] if spec.ipv6 else []
+            ip_batch(ns, [f"addr add {address}/{prefix_len} dev eth0", *v6, "link set eth0 up"])
         for node in spec.nodes:
             ns = self.node_ns(node.name)
             sysctl(ns, {
@@ -216,17 +223,25 @@ class Lab:
                 # a pod's reply to a same-bridge peer skips the Service's reverse NAT.
                 "net.bridge.bridge-nf-call-iptables": "1",
                 "net.bridge.bridge-nf-call-ip6tables": "1",
+                "net.ipv6.conf.all.forwarding": "1",
+                "net.ipv6.icmp.ratelimit": "0",
             })
             routes = [f"route add {other.pod_cidr} via {other.ip}" for other in spec.nodes if other is not node]
             # Like a real node, send what it has no route for upstream (the external side, which
             # does not forward): Service IPs are then routable, as kube-proxy expects.
             routes.append(f"route add default via {spec.external_ip}")
+            if spec.ipv6:
+                routes += [f"route add {other.pod_cidr6} via {other.ip6}" for other in spec.nodes if other is not node]
+                routes.append(f"route add default via {spec.external_ip6}")
             ip_batch(ns, routes)
-            self._write_cni_config(node.name, str(node.pod_cidr))
+            self._write_cni_config(node.name, str(node.pod_cidr), str(node.pod_cidr6) if spec.ipv6 else "")
         # The router in front of the cluster: external/LB addresses are reached through node 1.
-        ip_batch(self.external_ns, [f"route add {spec.external_network} via {spec.nodes[0].ip}"])
+        ext_routes = [f"route add {spec.external_network} via {spec.nodes[0].ip}"]
+        if spec.ipv6:
+            ext_routes.append(f"route add {spec.EXTERNAL_NETWORK6} via {spec.nodes[0].ip6}")
+        ip_batch(self.external_ns, ext_routes)
 
-    def _write_cni_config(self, node: str, pod_cidr: str) -> None:
+    def _write_cni_config(self, node: str, pod_cidr: str, pod_cidr6: str = "") -> None:
         base = os.path.join(self.dir, "nodes", node)
         os.makedirs(os.path.join(base, "net.d"))
         conflist = {
@@ -238,7 +253,8 @@ class Lab:
                 "isGateway": True,
                 "isDefaultGateway": True,
                 "hairpinMode": True,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]],
+                "ipam": {"type": "host-local",
+                         "ranges": [[{"subnet": pod_cidr}]] + ([[{"subnet": pod_cidr6}]] if pod_cidr6 else []),
                          "dataDir": os.path.join(base, "ipam")},
             }],
         }
@@ -250,9 +266,10 @@ class Lab:
         self._add_ns(ns)
         container_id = f"{self.spec.name}-{pod.name}"
         result = self.runtime(pod.node).add(container_id, netns.netns_path(ns))
-        address = result["ips"][0]["address"].split("/")[0]
-        state = PodState(pod.name, pod.node, ns, address, container_id, ports=list(pod.ports),
-                         namespace=pod.namespace, labels=dict(pod.labels))
+        addresses = [ip["address"].split("/")[0] for ip in result["ips"]]
+        state = PodState(pod.name, pod.node, ns, addresses[0], container_id, ports=list(pod.ports),
+                         namespace=pod.namespace, labels=dict(pod.labels),
+                         ip6=next((a for a in addresses if ":" in a), ""))
         state.pid = self._start_echo(state)
         self.pods[pod.name] = state
         self._save()

@@ -28,6 +28,8 @@ class NodeSpec:
     name: str
     pod_cidr: ipaddress.IPv4Network
     ip: ipaddress.IPv4Address
+    pod_cidr6: ipaddress.IPv6Network | None = None  # dual-stack labs only
+    ip6: ipaddress.IPv6Address | None = None
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,19 @@ class LabSpec:
     nodes: tuple[NodeSpec, ...]
     pods: tuple[PodSpec, ...]
     cluster_cidr: ipaddress.IPv4Network
+    ipv6: bool = False  # dual stack: every node, pod and the external client get IPv6 too
+
+    NODE_NETWORK6 = ipaddress.IPv6Network("fd00:172:18::/64")
+    EXTERNAL_NETWORK6 = ipaddress.IPv6Network("fd00:172:18:100::/64")
+    CLUSTER_CIDR6 = ipaddress.IPv6Network("fd00:10:244::/48")
 
     @property
     def external_ip(self) -> ipaddress.IPv4Address:
         return self.node_network.network_address + 100
+
+    @property
+    def external_ip6(self) -> ipaddress.IPv6Address:
+        return self.NODE_NETWORK6.network_address + 0x100
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:
@@ -88,7 +99,9 @@ def parse_spec(raw: Any) -> LabSpec:
             raise SpecError(f"{where}.podCIDR: {err}") from None
         if not cidr.subnet_of(cluster):
             raise SpecError(f"{where}.podCIDR: {cidr} is outside clusterCIDR {cluster}")
-        nodes.append(NodeSpec(_name(item.get("name"), f"{where}.name"), cidr, node_net.network_address + 11 + i))
+        nodes.append(NodeSpec(_name(item.get("name"), f"{where}.name"), cidr, node_net.network_address + 11 + i,
+                              ipaddress.IPv6Network(f"fd00:10:244:{i + 1}::/64"),
+                              LabSpec.NODE_NETWORK6.network_address + 0x11 + i))
     if not nodes:
         raise SpecError("nodes: a lab needs at least one node")
     node_names = {n.name for n in nodes}
@@ -109,7 +122,10 @@ def parse_spec(raw: Any) -> LabSpec:
                             item.get("namespace", "default"), dict(item.get("labels") or {})))
     if len({p.name for p in pods}) != len(pods):
         raise SpecError("pods: names must be unique")
-    return LabSpec(name, node_net, ext_net, tuple(nodes), tuple(pods), cluster)
+    ipv6 = raw.get("ipv6", False)
+    if not isinstance(ipv6, bool):
+        raise SpecError(f"ipv6: expected true or false, got {ipv6!r}")
+    return LabSpec(name, node_net, ext_net, tuple(nodes), tuple(pods), cluster, ipv6)
 
 
 def load_spec(path: str) -> LabSpec:
