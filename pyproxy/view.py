@@ -91,7 +91,9 @@ class ServicePortView:
 
     @property
     def uses_cluster_endpoints(self) -> bool:
-        return not self.internal_policy_local or (self.externally_accessible and not self.external_policy_local)
+        # Even with externalTrafficPolicy Local the cluster endpoints are needed: pods reaching an
+        # external address short-circuit to them (kube-proxy's UsesClusterEndpoints).
+        return not self.internal_policy_local or self.externally_accessible
 
     @property
     def uses_local_endpoints(self) -> bool:
@@ -214,7 +216,7 @@ def service_port_views(svc: Service, slices: Iterable[EndpointSlice], node: Node
         for sp in svc.ports:
             # The same rules as ServicePortView.uses_*_endpoints, needed before the view exists.
             accessible = bool(sp.node_port or external_ips or lb_ips)
-            uses_cluster = not internal_local or (accessible and not external_local)
+            uses_cluster = not internal_local or accessible
             uses_local = internal_local or (accessible and external_local)
             cluster, local, reachable, has_any = categorize(
                 svc, uses_cluster, uses_local, _endpoints(slices, sp, family, node_name), node)

@@ -162,3 +162,16 @@ def test_session_affinity_rules():
     text = "\n".join(all_rules(rules_for(objs)))
     assert text.count("--rcheck --seconds 30 --reap") == 2
     assert text.count("--set -m tcp -p tcp -j DNAT") == 2
+
+
+def test_both_policies_local_still_short_circuit_pods_to_cluster_endpoints():
+    """kube-proxy's UsesClusterEndpoints: an externally reachable service needs its cluster chain
+    even when both policies are Local, for the pod short-circuit to jump to."""
+    tables = rules_for([svc("both", ports=(("p80", 80, "TCP", 30085),), type="NodePort", externalTrafficPolicy="Local",
+                            internalTrafficPolicy="Local"),
+                        eps("both", [{"addresses": ["10.244.2.2"], "nodeName": "node-b"}])])
+    ext = [c for c in tables["nat"] if c.startswith("KUBE-EXT-")][0]
+    short_circuit = tables["nat"][ext][0]
+    assert "-s 10.244.0.0/16" in short_circuit
+    target = short_circuit.split(" -j ")[-1]
+    assert target.startswith("KUBE-SVC-") and "--to-destination 10.244.2.2:8080" in "\n".join(all_rules(tables))
