@@ -18,6 +18,7 @@ from typing import Protocol
 from .config import ProxyConfig
 from .health import ProxyHealth, ServiceHealthServers, health_server
 from .iptables.apply import ApplyError
+from .nftables.apply import NftError
 from .metrics import Metrics
 from .proxier import Proxier, SyncReport
 from .sources.store import Store
@@ -142,7 +143,7 @@ class Daemon:
                 report = self.proxier.sync(cluster, full=full)
             except Exception as err:  # noqa: BLE001 - keep running; the next sync is a full one
                 log.error("sync failed, previous rules left in place: %s", err)
-                if isinstance(err, ApplyError):
+                if isinstance(err, (ApplyError, NftError)):
                     self.metrics.restore_failures.inc()
                 failed = True
                 if once:

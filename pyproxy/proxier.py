@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 from .config import ProxyConfig
 from .conntrack import ConntrackCleaner
-from .iptables.apply import IptablesBackend, SyncResult
+from .iptables.apply import ApplyError, IptablesBackend, SyncResult
 from .iptables.render import Renderer
+from .nftables.apply import NftablesBackend, NftError
+from .nftables.render import NftRenderer
 from .model.parse import Cluster
 from .view import NodeView, ViewBuilder
 
@@ -33,14 +35,20 @@ class SyncReport:
 class Proxier:
     def __init__(self, node_name: str, config: ProxyConfig, families: tuple[int, ...] = (4,),
                  proxy_name: str = "") -> None:
-        if config.mode != "iptables":
-            raise ValueError(f"mode {config.mode!r} is not available yet; use iptables")
+        if config.mode not in ("iptables", "nftables"):
+            raise ValueError(f"mode {config.mode!r} is not available yet; use iptables or nftables")
         self.node_name = node_name
         self.config = config
         self.proxy_name = proxy_name
         self.views = ViewBuilder(node_name, proxy_name)
-        self.renderer = Renderer(config)
-        self.backends = {f: IptablesBackend(f, config.iptables_variant) for f in families}
+        self.nftables = config.mode == "nftables"
+        if self.nftables:
+            self.renderer = NftRenderer(config)
+            self.backends = {f: NftablesBackend(f) for f in families}
+        else:
+            self.renderer = Renderer(config)
+            self.backends = {f: IptablesBackend(f, config.iptables_variant) for f in families}
+        self._other_mode_cleaned = False
         self.cleaners = {f: ConntrackCleaner(f) for f in families}
         if 4 in families and config.localhost_node_ports:
             _enable_route_localnet()
@@ -64,12 +72,35 @@ class Proxier:
         report.render_seconds = time.monotonic() - start  # the view; rules render while they are written
         counts = {"filter": 0, "nat": 0}
         for family, backend in self.backends.items():
-            report.results[family] = backend.sync(self.renderer.lazy(view, family), full)
-            for table in counts:
-                counts[table] += backend.last_ruleset.rule_count(table)
+            if self.nftables:
+                report.results[family] = backend.sync(self.renderer.render(view, family), full)
+            else:
+                report.results[family] = backend.sync(self.renderer.lazy(view, family), full)
+                for table in counts:
+                    counts[table] += backend.last_ruleset.rule_count(table)
             report.stale_flows_deleted += self.cleaners[family].clean(view)
         report.rule_counts = counts
+        if not self._other_mode_cleaned:
+            self._clean_other_mode()
         return report
+
+    def _clean_other_mode(self) -> None:
+        """Switching modes leaves nothing of the other behind (as kube-proxy cleans up at start);
+        done after our own rules are in place, so traffic is never without service rules."""
+        if self.nftables:
+            for family in self.backends:
+                for variant in ("legacy", "nft"):
+                    try:
+                        IptablesBackend(family, variant).cleanup()
+                    except (ApplyError, FileNotFoundError) as err:
+                        log.warning("cleaning iptables-%s rules: %s", variant, err)
+        else:
+            for family in self.backends:
+                try:
+                    NftablesBackend(family).cleanup()
+                except (NftError, FileNotFoundError) as err:
+                    log.warning("cleaning nftables rules: %s", err)
+        self._other_mode_cleaned = True
 
     def cleanup(self) -> int:
         return sum(backend.cleanup() for backend in self.backends.values())

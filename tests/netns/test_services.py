@@ -3,7 +3,7 @@
 Every test programs the lab's nodes with its own set of Services (the previous test's services
 are removed by that sync, so partial syncs are exercised all along) and asserts what a user would
 see: which pod answered, the source address it saw, a refusal or a timeout. The whole module
-runs once with iptables-legacy and once with iptables-nft.
+runs with iptables-legacy, iptables-nft and the nftables backend.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pyproxy.lab.cluster import cluster_objects
 from pyproxy.lab.dataplane import LabDataplane
 from pyproxy.lab.lab import list_netns
 from pyproxy.lab.spec import parse_spec
+from pyproxy.nftables.apply import NftError
 
 SPEC = {
     "name": "t-svc",
@@ -37,11 +38,14 @@ EXTERNAL_IP = "172.18.100.10"  # routed by the external client to node n1
 LB_IP = "172.18.100.20"
 
 
-@pytest.fixture(scope="module", params=["legacy", "nft"])
+@pytest.fixture(scope="module", params=["legacy", "nft", "nftables"])
 def env(request):
-    lab = Lab(parse_spec({**SPEC, "name": f"t-{request.param[:3]}"})).up()
+    lab = Lab(parse_spec({**SPEC, "name": f"t-{request.param[:5]}"})).up()
     try:
-        config = ProxyConfig(cluster_cidrs=(lab.spec.cluster_cidr,), iptables_variant=request.param)
+        if request.param == "nftables":
+            config = ProxyConfig(mode="nftables", cluster_cidrs=(lab.spec.cluster_cidr,))
+        else:
+            config = ProxyConfig(cluster_cidrs=(lab.spec.cluster_cidr,), iptables_variant=request.param)
         dp = LabDataplane(lab, config)
         yield lab, dp
         dp.cleanup()
@@ -278,15 +282,22 @@ def test_a_failed_restore_leaves_the_previous_rules(env):
     dp.apply([service("web", "solo")])
     proxier = dp.proxiers["n1"]
     backend = proxier.backends[4]
-    real = backend.restore_tool
-    backend.restore_tool = "false"  # iptables-restore fails
+    tool = "restore_tool" if hasattr(backend, "restore_tool") else None
+    real_tool = getattr(backend, "restore_tool", None)
+    if tool:
+        backend.restore_tool = "false"  # iptables-restore fails
+    else:
+        backend.run = lambda script: (_ for _ in ()).throw(NftError("injected: nft -f failed"))
     try:
         from pyproxy.iptables.apply import ApplyError
 
-        with netns.entered(lab.node_ns("n1")), pytest.raises(ApplyError):
+        with netns.entered(lab.node_ns("n1")), pytest.raises((ApplyError, NftError)):
             proxier.sync(parse_cluster(lab, [service("web", "web-nobody")]))
     finally:
-        backend.restore_tool = real
+        if tool:
+            backend.restore_tool = real_tool
+        else:
+            del backend.run
     assert lab.request("client-1", "10.96.0.10", 80).pod == "solo", "the previous rules still serve"
     dp.apply([service("web", "web")])  # and the next sync (a full one) recovers
     assert set(answers(lab, "client-1", "10.96.0.10", 80, n=20)) == {"web-1", "web-2"}

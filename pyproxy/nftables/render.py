@@ -1,0 +1,307 @@
+"""NodeView -> an nftables ruleset (one table per family), from the same view as iptables.
+
+Invariant: render never reads the kernel. The layout starts from kube-proxy's nftables mode
+(table `kube-proxy`, base chains at its hooks and priorities, verdict maps `service-ips`,
+`service-nodeports`, `no-endpoint-services`, `no-endpoint-nodeports`, `firewall-ips`, set
+`cluster-ips`, per-service `service-`/`local-`/`external-`/`firewall-` chains, mark-based
+masquerade, REJECT for missing endpoints and unknown cluster-IP ports) and departs from it where
+the kernel's load cost demands: upstream gives every endpoint a chain and every service an
+anonymous verdict map, which is what makes large rulesets load for minutes. Here:
+
+* DNAT targets live in one named map per transport protocol, `endpoints-tcp` (-udp, -sctp),
+  keyed by a number: each service's endpoint set owns a block of keys, and its chain ends in
+  `dnat to numgen random mod N offset BASE map @endpoints-tcp` (one rule, whatever N);
+* hairpin (a pod reaching itself through its service) is one set, `hairpin`, of `ip . ip` pairs,
+  matched in postrouting after DNAT;
+* only services with ClientIP affinity get per-endpoint chains and timed sets (upstream's shape),
+  since affinity must remember the endpoint chosen per client.
+
+Block numbers are allocated by the renderer and kept while a service's endpoint count fits, so a
+changed endpoint is a changed map element, not a new chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import ProxyConfig
+from ..iptables.render import port_proto_hash
+from ..view import NodeView, ServicePortView, local_traffic_match
+
+TABLE = "kube-proxy"
+
+
+@dataclass
+class ServiceNft:
+    """One service port's share: its chains, its affinity sets, its elements in the shared maps."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    sets: dict[str, str] = field(default_factory=dict)  # name -> definition body
+    elements: dict[str, dict[str, str]] = field(default_factory=dict)  # map/set -> key -> value ("" for sets)
+
+    def element(self, container: str, key: str, value: str = "") -> None:
+        self.elements.setdefault(container, {})[key] = value
+
+
+@dataclass
+class NftRuleset:
+    family: int
+    table: str
+    static: str  # the table's fixed part: sets, maps, base and helper chains
+    services: dict[str, ServiceNft]
+
+    @property
+    def nft_family(self) -> str:
+        return "ip" if self.family == 4 else "ip6"
+
+    def all_elements(self) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for svc in self.services.values():
+            for container, items in svc.elements.items():
+                out.setdefault(container, {}).update(items)
+        return out
+
+    def script(self) -> str:
+        """The whole table as `nft -f` input: replaces any previous table atomically."""
+        fam, table = self.nft_family, self.table
+        lines = [f"add table {fam} {table}", f"delete table {fam} {table}", f"table {fam} {table} {{", self.static]
+        for svc in self.services.values():
+            for name, body in svc.sets.items():
+                lines.append(f"\tset {name} {{ {body} }}")
+            for name, rules in svc.chains.items():
+                lines.append(f"\tchain {name} {{")
+                lines.extend(f"\t\t{rule}" for rule in rules)
+                lines.append("\t}")
+        lines.append("}")
+        for container, items in self.all_elements().items():
+            lines.extend(element_lines("add", fam, table, container, items))
+        return "\n".join(lines) + "\n"
+
+
+def element_lines(verb: str, fam: str, table: str, container: str, items: dict[str, str],
+                  batch: int = 2000) -> list[str]:
+    entries = [f"{k} : {v}" if v and verb == "add" else k for k, v in items.items()]
+    return [f"{verb} element {fam} {table} {container} {{ {', '.join(entries[i:i + batch])} }}"
+            for i in range(0, len(entries), batch)]
+
+
+def static_part(config: ProxyConfig, view: NodeView, family: int) -> str:
+    ip, addr = ("ip", "ipv4_addr") if family == 4 else ("ip6", "ipv6_addr")
+    mark = config.masquerade_mark
+    loopback = "127.0.0.0/8" if family == 4 else "::1"
+    if config.node_port_addresses:
+        nodeport_match = f"{ip} daddr @nodeport-ips"
+    else:
+        nodeport_match = f"fib daddr type local {ip} daddr != {loopback}"
+    return "\n".join([
+        '\tcomment "rules for pyproxy (kube-proxy nftables layout, endpoints in one map)"',
+        f'\tset cluster-ips {{ type {addr}; comment "Active ClusterIPs"; }}',
+        f"\tset nodeport-ips {{ type {addr}; }}",
+        f"\tset hairpin {{ type {addr} . {addr}; }}",
+        # one map per transport protocol: nft checks a rule's `meta l4proto` against the map's key
+        *(f"\tmap endpoints-{p} {{ typeof numgen random mod 1 : {ip} daddr . {p} dport; }}"
+          for p in ("tcp", "udp", "sctp")),
+        f"\tmap service-ips {{ type {addr} . inet_proto . inet_service : verdict; }}",
+        "\tmap service-nodeports { type inet_proto . inet_service : verdict; }",
+        f"\tmap no-endpoint-services {{ type {addr} . inet_proto . inet_service : verdict; }}",
+        "\tmap no-endpoint-nodeports { type inet_proto . inet_service : verdict; }",
+        f"\tmap firewall-ips {{ type {addr} . inet_proto . inet_service : verdict; }}",
+        "\tchain canary { }",
+        "\tchain filter-prerouting { type filter hook prerouting priority -110; policy accept; "
+        "ct state new jump firewall-check; }",
+        "\tchain filter-input { type filter hook input priority -110; policy accept; "
+        "ct state new jump nodeport-endpoints-check; ct state new jump service-endpoints-check; }",
+        "\tchain filter-forward { type filter hook forward priority -110; policy accept; "
+        "ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }",
+        "\tchain filter-output { type filter hook output priority -110; policy accept; "
+        "ct state new jump service-endpoints-check; ct state new jump firewall-check; }",
+        "\tchain filter-output-post-dnat { type filter hook output priority -90; policy accept; "
+        "ct state new jump cluster-ips-check; }",
+        "\tchain nat-prerouting { type nat hook prerouting priority -100; policy accept; jump services; }",
+        "\tchain nat-output { type nat hook output priority -100; policy accept; jump services; }",
+        "\tchain nat-postrouting { type nat hook postrouting priority 100; policy accept; "
+        f"{ip} saddr . {ip} daddr @hairpin jump mark-for-masquerade; jump masquerading; }}",
+        f"\tchain firewall-check {{ {ip} daddr . meta l4proto . th dport vmap @firewall-ips; }}",
+        f"\tchain services {{ {ip} daddr . meta l4proto . th dport vmap @service-ips; "
+        f"{nodeport_match} meta l4proto . th dport vmap @service-nodeports; }}",
+        f"\tchain service-endpoints-check {{ {ip} daddr . meta l4proto . th dport vmap @no-endpoint-services; }}",
+        "\tchain nodeport-endpoints-check { "
+        f"{nodeport_match} meta l4proto . th dport vmap @no-endpoint-nodeports; }}",
+        f'\tchain cluster-ips-check {{ {ip} daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"; }}',
+        f"\tchain masquerading {{ meta mark & {mark} == 0 return; meta mark set meta mark ^ {mark}; "
+        "masquerade fully-random; }",
+        f"\tchain mark-for-masquerade {{ meta mark set meta mark | {mark}; }}",
+        "\tchain reject-chain { reject; }",
+    ])
+
+
+def chain_base(sp: ServicePortView) -> str:
+    """kube-proxy's nftables chain suffix: 8 hash characters and the readable service port."""
+    h = port_proto_hash(sp.name_string, sp.protocol.lower())[:8]
+    return f"{h}-{sp.namespace}/{sp.name}/{sp.protocol.lower()}/{sp.port_name}"
+
+
+class Blocks:
+    """Key blocks in the `endpoints` map: a service's endpoint set keeps its block while it fits."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[str, tuple[int, int]] = {}
+        self.next = 0
+
+    def get(self, owner: str, size: int) -> int:
+        base, capacity = self.blocks.get(owner, (0, 0))
+        if size > capacity:
+            capacity = max(size, 4)
+            base, self.next = self.next, self.next + capacity
+            self.blocks[owner] = (base, capacity)
+        return base
+
+    def release(self, owner: str) -> None:
+        self.blocks.pop(owner, None)
+
+
+def render_service(sp: ServicePortView, config: ProxyConfig, view: NodeView, blocks: Blocks) -> ServiceNft:
+    out = ServiceNft()
+    fam = sp.family
+    ip = "ip" if fam == 4 else "ip6"
+    proto = sp.protocol.lower()
+    base = chain_base(sp)
+    svc_chain, local_chain, ext_chain, fw_chain = (f"service-{base}", f"local-{base}", f"external-{base}",
+                                                   f"firewall-{base}")
+    cip = str(sp.cluster_ip)
+    port = sp.port
+    uses_cluster_chain = bool(sp.cluster_endpoints) and sp.uses_cluster_endpoints
+    uses_local_chain = bool(sp.local_endpoints) and sp.uses_local_endpoints
+    internal_chain = local_chain if sp.internal_policy_local else svc_chain
+    external_policy_chain = local_chain if sp.external_policy_local else svc_chain
+    has_internal, has_external = sp.has_internal_endpoints, sp.has_external_endpoints
+    uses_ext_chain = sp.has_endpoints and sp.externally_accessible
+    uses_fw_chain = sp.has_endpoints and bool(sp.load_balancer_ips) and bool(sp.load_balancer_source_ranges)
+    verdict = "goto reject-chain" if not sp.has_endpoints else "drop"
+    local = local_traffic_match(config, view, fam)
+
+    out.element("cluster-ips", cip)
+    if has_internal:
+        out.element("service-ips", f"{cip} . {proto} . {port}", f"goto {internal_chain}")
+    else:
+        out.element("no-endpoint-services", f"{cip} . {proto} . {port}", verdict)
+    for extip in map(str, sp.external_ips):
+        if sp.has_endpoints:
+            out.element("service-ips", f"{extip} . {proto} . {port}", f"goto {ext_chain}")
+        if not has_external:
+            out.element("no-endpoint-services", f"{extip} . {proto} . {port}", verdict)
+    for lbip in map(str, sp.load_balancer_ips):
+        if sp.has_endpoints:
+            out.element("service-ips", f"{lbip} . {proto} . {port}", f"goto {ext_chain}")
+        if uses_fw_chain:
+            out.element("firewall-ips", f"{lbip} . {proto} . {port}", f"goto {fw_chain}")
+        if not has_external:
+            out.element("no-endpoint-services", f"{lbip} . {proto} . {port}", verdict)
+    if sp.node_port:
+        if sp.has_endpoints:
+            out.element("service-nodeports", f"{proto} . {sp.node_port}", f"goto {ext_chain}")
+        if not has_external:
+            out.element("no-endpoint-nodeports", f"{proto} . {sp.node_port}", verdict)
+
+    chains = out.chains
+    masq_internal = []
+    if has_internal:
+        match = f"{ip} daddr {cip} {proto} dport {port}"
+        if config.masquerade_all:
+            masq_internal = [f"{match} jump mark-for-masquerade"]
+        elif local is not None:
+            masq_internal = [f"{match} {_nft_match(local[1], ip)} jump mark-for-masquerade"]
+    if uses_ext_chain:
+        rules = chains.setdefault(ext_chain, [])
+        if not sp.external_policy_local:
+            rules += ["jump mark-for-masquerade", f"goto {svc_chain}"]
+        else:
+            if local is not None:
+                rules.append(f"{_nft_match(local[0], ip)} goto {svc_chain}")  # pods short-circuit
+            rules += ["fib saddr type local jump mark-for-masquerade", f"fib saddr type local goto {svc_chain}"]
+            if has_external:
+                rules.append(f"goto {external_policy_chain}")
+    if uses_fw_chain:
+        allowed = [str(c) for c in sp.load_balancer_source_ranges]
+        if any(node_ip in c for c in sp.load_balancer_source_ranges for node_ip in view.node_ips_of(fam)):
+            allowed += [str(x) for x in sp.load_balancer_ips]
+        chains[fw_chain] = [f"{ip} saddr != {{ {', '.join(allowed)} }} drop"]
+    for chain, endpoints, uses in ((svc_chain, sp.cluster_endpoints, uses_cluster_chain),
+                                   (local_chain, sp.local_endpoints, uses_local_chain)):
+        if not uses:
+            blocks.release(f"{sp.key}/{chain[:5]}")
+            continue
+        rules = list(masq_internal) if chain == internal_chain else []
+        if sp.affinity_timeout:
+            rules += _affinity(out, sp, chain, endpoints, ip, proto)
+        else:
+            start = blocks.get(f"{sp.key}/{chain[:5]}", len(endpoints))
+            for i, ep in enumerate(endpoints):
+                out.element(f"endpoints-{proto}", str(start + i), f"{ep.ip_text} . {ep.port}")
+            rules.append(f"meta l4proto {proto} dnat {ip} to numgen random mod {len(endpoints)} offset {start} "
+                         f"map @endpoints-{proto}")
+        chains[chain] = rules
+    for ep in sp.reachable_endpoints:
+        out.element("hairpin", f"{ep.ip_text} . {ep.ip_text}")
+    return out
+
+
+def _affinity(out: ServiceNft, sp: ServicePortView, chain: str, endpoints, ip: str, proto: str) -> list[str]:
+    """ClientIP affinity, upstream's shape: a chain and a timed set per endpoint."""
+    rules, targets = [], []
+    for ep in endpoints:
+        h = port_proto_hash(sp.name_string + proto + ep.label, "")[:8]
+        ep_chain = f"endpoint-{h}-{chain_base(sp)}__{ep.ip_text}/{ep.port}"
+        aff_set = f"affinity-{h}-{chain_base(sp)}__{ep.ip_text}/{ep.port}"
+        addr = "ipv4_addr" if ip == "ip" else "ipv6_addr"
+        out.sets[aff_set] = f"type {addr}; flags dynamic,timeout; timeout {sp.affinity_timeout}s;"
+        out.chains[ep_chain] = [f"update @{aff_set} {{ {ip} saddr }}", f"meta l4proto {proto} dnat {ip} to {ep.label}"]
+        rules.append(f"{ip} saddr @{aff_set} goto {ep_chain}")
+        targets.append(ep_chain)
+    vmap = ", ".join(f"{i} : goto {c}" for i, c in enumerate(targets))
+    rules.append(f"numgen random mod {len(targets)} vmap {{ {vmap} }}")
+    return rules
+
+
+def _nft_match(iptables_args: list[str], ip: str) -> str:
+    """The local-traffic detector's iptables arguments as an nft match."""
+    negate = iptables_args[0] == "!"
+    option, value = iptables_args[-2], iptables_args[-1]
+    op = "!= " if negate else ""
+    if option == "-s":
+        return f"{ip} saddr {op}{value}"
+    name = value[:-1] + "*" if value.endswith("+") else value
+    return f'iifname {op}"{name}"'
+
+
+class NftRenderer:
+    """render() with a memo and the endpoint-block allocation kept across syncs."""
+
+    def __init__(self, config: ProxyConfig, table: str = TABLE) -> None:
+        self.config = config
+        self.table = table
+        self.blocks: dict[int, Blocks] = {}
+        self._memo: dict[int, tuple[tuple, dict[str, tuple[ServicePortView, ServiceNft]]]] = {}
+
+    def render(self, view: NodeView, family: int) -> NftRuleset:
+        blocks = self.blocks.setdefault(family, Blocks())
+        context = (view.node_ips_of(family), view.pod_cidrs)
+        old_context, memo = self._memo.get(family, ((), {}))
+        if old_context != context:
+            memo = {}
+        fresh: dict[str, tuple[ServicePortView, ServiceNft]] = {}
+        services: dict[str, ServiceNft] = {}
+        for sp in view.family(family):
+            old = memo.get(sp.key)
+            rules = old[1] if old and (old[0] is sp or old[0] == sp) else render_service(sp, self.config, view, blocks)
+            fresh[sp.key] = (sp, rules)
+            services[sp.key] = rules
+        for key in set(memo) - set(fresh):
+            for kind in ("servi", "local"):
+                blocks.release(f"{key}/{kind}")
+        self._memo[family] = (context, fresh)
+        return NftRuleset(family, self.table, static_part(self.config, view, family), services)
+
+
+def render(view: NodeView, config: ProxyConfig, family: int = 4) -> NftRuleset:
+    return NftRenderer(config).render(view, family)
