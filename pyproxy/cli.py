@@ -143,7 +143,7 @@ def cluster_options(fn):
                       help="the node whose rules to compute")(fn)
     fn = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                       help="KubeProxyConfiguration file")(fn)
-    fn = click.option("--backend", type=click.Choice(["iptables"]), default=None,
+    fn = click.option("--backend", type=click.Choice(["iptables", "nftables"]), default=None,
                       help="dataplane backend (default: the config's mode)")(fn)
     fn = click.option("--family", type=click.Choice(["4", "6"]), default="4", show_default=True)(fn)
     fn = click.option("--cluster-cidr", default=None, help="overrides the config's clusterCIDR")(fn)
@@ -169,17 +169,22 @@ def _setup(path, node, config_path, backend, cluster_cidr):
         click.echo(f"warning: config: {warning}", err=True)
     for error in cluster.errors:
         click.echo(f"skipped: {error}", err=True)
-    if config.mode != "iptables":
-        click.echo(f"error: mode {config.mode!r} is not available yet; use iptables", err=True)
+    if config.mode not in ("iptables", "nftables"):
+        click.echo(f"error: mode {config.mode!r} is not available yet; use iptables or nftables", err=True)
         sys.exit(2)
     return config, cluster
 
 
 def _ruleset(config, cluster, node, family):
-    from .iptables.render import render
     from .view import build_view
 
     view = build_view(cluster, node)
+    if config.mode == "nftables":
+        from .nftables.render import render as render_nft
+
+        return view, render_nft(view, config, int(family))
+    from .iptables.render import render
+
     return view, render(view, config, int(family))
 
 
@@ -190,12 +195,14 @@ def dump(path, node, config_path, backend, family, cluster_cidr, output):
     """Print the rules NODE would get, in iptables-save format."""
     config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
     view, ruleset = _ruleset(config, cluster, node, family)
+    text = ruleset.script() if config.mode == "nftables" else ruleset.dump_text()
     if output == "json":
-        _print({"node": node, "family": int(family), "servicePorts": len(view.family(int(family))),
-                "rules": {"filter": ruleset.rule_count("filter"), "nat": ruleset.rule_count("nat")},
-                "text": ruleset.dump_text()}, "json")
+        counts = ({"chains": sum(len(s.chains) for s in ruleset.services.values())} if config.mode == "nftables" else
+                  {"filter": ruleset.rule_count("filter"), "nat": ruleset.rule_count("nat")})
+        _print({"node": node, "family": int(family), "backend": config.mode,
+                "servicePorts": len(view.family(int(family))), "rules": counts, "text": text}, "json")
     else:
-        click.echo(ruleset.dump_text(), nl=False)
+        click.echo(text, nl=False)
 
 
 @main.command("diff")
@@ -206,17 +213,25 @@ def diff_cmd(path, node, config_path, backend, family, cluster_cidr, iptables_va
     from .iptables.apply import ApplyError
     from .iptables.diff import diff
 
+    from .nftables.apply import NftError
+
     config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
     _, ruleset = _ruleset(config, cluster, node, family)
     try:
-        text, variant = diff(ruleset, iptables_variant)
-    except (ApplyError, OSError, subprocess_error()) as err:
+        if config.mode == "nftables":
+            from .nftables.diff import diff as diff_nft
+
+            text, variant = diff_nft(ruleset), "nftables"
+        else:
+            text, variant = diff(ruleset, iptables_variant)
+            variant = f"iptables-{variant}"
+    except (ApplyError, NftError, OSError, subprocess_error()) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     if text:
         click.echo(text, nl=False)
         sys.exit(1)
-    click.echo(f"no differences (iptables-{variant})")
+    click.echo(f"no differences ({variant})")
 
 
 def subprocess_error():
@@ -240,6 +255,9 @@ def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dpor
     from .iptables.trace import Packet, Tracer
 
     config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
+    if config.mode != "iptables":
+        click.echo("error: trace follows iptables rules only, so far; use --backend iptables", err=True)
+        sys.exit(2)
     view, ruleset = _ruleset(config, cluster, node, family)
     node_ips = [str(ip) for ip in view.node_ips_of(int(family))]
     local_origin = local_origin or src in node_ips
@@ -263,7 +281,7 @@ def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dpor
 @click.option("--node", "--hostname-override", "node", default="",
               help="this node's name (default: the config's hostnameOverride, $NODE_NAME, the hostname)")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="KubeProxyConfiguration file")
-@click.option("--backend", type=click.Choice(["iptables"]), default=None)
+@click.option("--backend", type=click.Choice(["iptables", "nftables"]), default=None)
 @click.option("--family", type=click.Choice(["4", "6", "dual"]), default="4", show_default=True,
               help="IP families to program (dual: both, as a dual-stack node needs)")
 @click.option("--cluster-cidr", default=None, help="overrides the config's clusterCIDR")
@@ -296,8 +314,8 @@ def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, ipta
         click.echo(f"warning: config: {warning}", err=True)
     config = config.with_overrides(mode=backend, iptables_variant=iptables_variant,
                                    healthz_bind_address=healthz_bind_address, metrics_bind_address=metrics_bind_address)
-    if config.mode != "iptables":
-        click.echo(f"error: mode {config.mode!r} is not available yet; use iptables", err=True)
+    if config.mode not in ("iptables", "nftables"):
+        click.echo(f"error: mode {config.mode!r} is not available yet; use iptables or nftables", err=True)
         sys.exit(2)
     name = node_name(node, config)
     if path:
@@ -324,18 +342,23 @@ def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, ipta
 @click.option("--iptables-variant", type=click.Choice(["auto", "legacy", "nft", "both"]), default="both",
               show_default=True)
 def cleanup(iptables_variant):
-    """Remove every rule and chain pyproxy installed (and nothing else), in this network namespace."""
+    """Remove every rule, chain and table pyproxy installed (and nothing else), in this network namespace."""
     from .iptables.apply import ApplyError, IptablesBackend
+    from .nftables.apply import NftablesBackend, NftError
 
     variants = ["legacy", "nft"] if iptables_variant == "both" else [iptables_variant]
-    total = 0
-    for variant in variants:
-        for family in (4, 6):
+    total = tables = 0
+    for family in (4, 6):
+        for variant in variants:
             try:
                 total += IptablesBackend(family, variant).cleanup()
             except (ApplyError, FileNotFoundError) as err:
                 click.echo(f"warning: {variant} ipv{family}: {err}", err=True)
-    click.echo(f"removed {total} chains")
+        try:
+            tables += NftablesBackend(family).cleanup()
+        except (NftError, FileNotFoundError) as err:
+            click.echo(f"warning: nftables ipv{family}: {err}", err=True)
+    click.echo(f"removed {total} chains and {tables} nftables tables")
 
 
 # -- DNS ---------------------------------------------------------------------------------------
