@@ -37,7 +37,9 @@ class NftablesBackend:
         self.fam = "ip" if family == 4 else "ip6"
         self.variant = "nftables"
         self._services: dict[str, ServiceNft] | None = None
-        self._elements: dict[str, dict[str, str]] = {}
+        # (map or set, key) -> [value, how many service ports hold it]: a cluster IP is shared by
+        # a service's ports and a hairpin pair by every service selecting that pod.
+        self._refs: dict[tuple[str, str], list] = {}
         self.last_ruleset: NftRuleset | None = None
 
     def run(self, script: str) -> None:
@@ -45,13 +47,12 @@ class NftablesBackend:
         if proc.returncode:
             raise NftError(f"nft -f failed: {proc.stderr.decode(errors='replace').strip()[:2000]}")
 
-    def table_present(self) -> bool:
-        return subprocess.run(["nft", "list", "chain", self.fam, self.table, "canary"],
-                              capture_output=True).returncode == 0
-
     def sync(self, ruleset: NftRuleset, full: bool = False) -> NftSyncResult:
+        """No check that our table is still there before a partial sync: with nft 1.0.6 even
+        `nft list tables` fetches every element (3 s at 10,000 services). A table someone
+        deleted makes the partial transaction fail, and a failure makes the next sync full."""
         start = time.monotonic()
-        full = full or self._services is None or not self.table_present()
+        full = full or self._services is None
         try:
             if full:
                 script = ruleset.script()
@@ -64,8 +65,11 @@ class NftablesBackend:
         except NftError:
             self._services = None
             raise
+        if full:
+            self._refs = {}
+            for svc in ruleset.services.values():
+                self._count(svc, +1)
         self._services = dict(ruleset.services)
-        self._elements = ruleset.all_elements()
         self.last_ruleset = ruleset
         return NftSyncResult(full, time.monotonic() - start, written, deleted, len(script))
 
@@ -77,10 +81,16 @@ class NftablesBackend:
         removed = [k for k in old if k not in ruleset.services]
         new_chains: dict[str, list[str]] = {}
         new_sets: dict[str, str] = {}
+        kept: set[str] = set()
         for key in changed:
-            new_chains.update(ruleset.services[key].chains)
+            before = old[key].chains if key in old else {}
+            for name, rules in ruleset.services[key].chains.items():
+                if before.get(name) == rules:
+                    kept.add(name)  # same rules: leave the chain alone (often only elements moved)
+                else:
+                    new_chains[name] = rules
             new_sets.update(ruleset.services[key].sets)
-        old_chains = {c for k in changed + removed if k in old for c in old[k].chains}
+        old_chains = {c for k in changed + removed if k in old for c in old[k].chains} - kept
         old_sets = {n for k in changed + removed if k in old for n in old[k].sets}
         lines: list[str] = []
         for name, body in new_sets.items():
@@ -91,21 +101,54 @@ class NftablesBackend:
         for name, rules in new_chains.items():
             lines += [f"add rule {fam} {table} {name} {rule}" for rule in rules]
         # elements: only the differences, removals first (a key whose value changed is re-added)
-        elements = ruleset.all_elements() if (changed or removed) else self._elements
-        for container in sorted(set(elements) | set(self._elements)):
-            before, after = self._elements.get(container, {}), elements.get(container, {})
-            gone = {k: v for k, v in before.items() if after.get(k, None) != v}
-            added = {k: v for k, v in after.items() if before.get(k, None) != v}
-            if gone:
-                lines += element_lines("delete", fam, table, container, gone)
-            if added:
-                lines += element_lines("add", fam, table, container, added)
+        before = {ck: ref[0] for ck in self._touched(old, ruleset, changed, removed) if (ref := self._refs.get(ck))}
+        for key in changed + removed:
+            if key in old:
+                self._count(old[key], -1)
+        for key in changed:
+            self._count(ruleset.services[key], +1)
+        gone: dict[str, dict[str, str]] = {}
+        added: dict[str, dict[str, str]] = {}
+        for (container, key), value in before.items():
+            ref = self._refs.get((container, key))
+            if ref is None or ref[0] != value:
+                gone.setdefault(container, {})[key] = value
+        for key in changed:
+            for container, items in ruleset.services[key].elements.items():
+                for k, v in items.items():
+                    if before.get((container, k)) != v:
+                        added.setdefault(container, {})[k] = v
+        for container in sorted(gone):
+            lines += element_lines("delete", fam, table, container, gone[container])
+        for container in sorted(added):
+            lines += element_lines("add", fam, table, container, added[container])
         stale_chains = sorted(old_chains - set(new_chains))
         # flushed first, so none still jumps to another when it is deleted
         lines += [f"flush chain {fam} {table} {name}" for name in stale_chains]
         lines += [f"delete chain {fam} {table} {name}" for name in stale_chains]
         lines += [f"delete set {fam} {table} {name}" for name in sorted(old_sets - set(new_sets))]
         return ("\n".join(lines) + "\n" if lines else ""), len(new_chains), len(stale_chains)
+
+    def _count(self, svc: ServiceNft, delta: int) -> None:
+        for container, items in svc.elements.items():
+            for key, value in items.items():
+                ref = self._refs.get((container, key))
+                if ref is None:
+                    self._refs[(container, key)] = [value, delta]
+                else:
+                    ref[0], ref[1] = (value if delta > 0 else ref[0]), ref[1] + delta
+                    if ref[1] <= 0:
+                        del self._refs[(container, key)]
+
+    @staticmethod
+    def _touched(old: dict[str, ServiceNft], ruleset: NftRuleset, changed: list[str],
+                 removed: list[str]) -> set[tuple[str, str]]:
+        keys: set[tuple[str, str]] = set()
+        for key in changed + removed:
+            for svc in (old.get(key), ruleset.services.get(key)):
+                if svc is not None:
+                    keys.update((c, k) for c, items in svc.elements.items() for k in items)
+        return keys
 
     def cleanup(self) -> int:
         present = subprocess.run(["nft", "list", "table", self.fam, self.table], capture_output=True).returncode == 0

@@ -1,0 +1,60 @@
+"""nftables render and partial-sync scripts (pure: `nft` itself is not called here; the lab suite
+in tests/netns runs the same backend against the kernel)."""
+
+from pyproxy.config import ProxyConfig
+from pyproxy.model import parse_objects
+from pyproxy.nftables.apply import NftablesBackend
+from pyproxy.nftables.render import NftRenderer
+from pyproxy.view import build_view
+
+
+def svc(name, ip, **spec):
+    return {"kind": "Service", "metadata": {"namespace": "ns", "name": name},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}], **spec}}
+
+
+def eps(name, *ips):
+    return {"kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"namespace": "ns", "name": f"{name}-x", "labels": {"kubernetes.io/service-name": name}},
+            "endpoints": [{"addresses": [ip]} for ip in ips], "ports": [{"name": "http", "port": 8080}]}
+
+
+class Recorder(NftablesBackend):
+    def __init__(self):
+        super().__init__(4)
+        self.scripts = []
+
+    def run(self, script):
+        self.scripts.append(script)
+
+
+def sync(backend, renderer, objs, full=False):
+    backend.sync(renderer.render(build_view(parse_objects(objs), "n1"), 4), full)
+    return backend.scripts[-1]
+
+
+def test_one_map_element_per_endpoint_and_one_dnat_rule_per_service():
+    renderer = NftRenderer(ProxyConfig(mode="nftables"))
+    script = renderer.render(build_view(parse_objects([svc("a", "10.96.0.1"), eps("a", *[f"10.244.1.{i}" for i in
+                                                                                          range(2, 12)])]), "n1"),
+                             4).script()
+    assert script.count("dnat ip to numgen random mod 10 offset 0 map @endpoints-tcp") == 1
+    assert "chain endpoint-" not in script, "no chain per endpoint"
+    elements = script.split("endpoints-tcp {", 1)[1].split("}", 1)[0]
+    assert sorted(e.split(" : ")[1] for e in elements.split(", ")) == sorted(f"10.244.1.{i} . 8080" for i in range(2, 12))
+    assert sorted(int(e.split(" : ")[0]) for e in elements.split(", ")) == list(range(10))
+
+
+def test_partial_sync_changes_only_elements_and_keeps_shared_ones():
+    renderer, backend = NftRenderer(ProxyConfig(mode="nftables")), Recorder()
+    both = [svc("a", "10.96.0.1"), eps("a", "10.244.1.2"), svc("b", "10.96.0.2"), eps("b", "10.244.1.2")]
+    assert "add table ip kube-proxy" in sync(backend, renderer, both, full=True)
+    script = sync(backend, renderer, [svc("b", "10.96.0.2"), eps("b", "10.244.1.2")])
+    assert "delete element ip kube-proxy service-ips { 10.96.0.1 . tcp . 80 }" in script
+    assert "hairpin" not in script, "the pod is still an endpoint of b: its hairpin pair stays"
+    assert "delete chain ip kube-proxy service-" in script and "table" not in script.split("\n")[0]
+    moved = sync(backend, renderer, [svc("b", "10.96.0.2"), eps("b", "10.244.1.3")])
+    assert "add chain" not in moved, "an endpoint that moved is a map element, not a new chain"
+    assert "add element ip kube-proxy endpoints-tcp { 4 : 10.244.1.3 . 8080 }" in moved or \
+           "endpoints-tcp {" in moved and "10.244.1.3 . 8080" in moved
+    assert "delete element ip kube-proxy hairpin { 10.244.1.2 . 10.244.1.2 }" in moved
