@@ -40,7 +40,7 @@ def test_one_map_element_per_endpoint_and_one_dnat_rule_per_service():
                              4).script()
     assert script.count("dnat ip to numgen random mod 10 offset 0 map @endpoints-tcp") == 1
     assert "chain endpoint-" not in script, "no chain per endpoint"
-    elements = script.split("endpoints-tcp {", 1)[1].split("}", 1)[0]
+    elements = script.split("add element ip kube-proxy endpoints-tcp { ", 1)[1].split(" }", 1)[0]
     assert sorted(e.split(" : ")[1] for e in elements.split(", ")) == sorted(f"10.244.1.{i} . 8080" for i in range(2, 12))
     assert sorted(int(e.split(" : ")[0]) for e in elements.split(", ")) == list(range(10))
 
