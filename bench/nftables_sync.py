@@ -135,7 +135,8 @@ def datapath(n: int, samples: int = 300) -> list[dict]:
 
     spec = {"name": "bdp", "nodes": [{"name": "n1", "podCIDR": "10.244.1.0/24"}],
             "pods": [{"name": "server", "node": "n1", "labels": {"app": "s"}}, {"name": "client", "node": "n1"}]}
-    target = {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "zzz", "name": "last"},
+    # "default/zzz-last" sorts after every "bench/..." filler: it is the service matched last
+    target = {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "zzz-last"},
               "spec": {"clusterIP": "10.96.255.250", "selector": {"app": "s"}, "ports": [{"port": 80}]}}
     filler = []
     for i in range(n):
@@ -176,7 +177,8 @@ def main() -> None:
         print(json.dumps(measure_upstream(n) if mode == "upstream" else measure(mode, n)))
         return
     rows = []
-    for n in map(int, args.sizes.split(",")):
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    for n in sizes:
         for mode in ("nftables", "iptables", "upstream"):
             if mode == "upstream" and n > args.upstream_max:
                 continue
@@ -193,7 +195,7 @@ def main() -> None:
         change = f"{r['change_s'] * 1000:.0f}" if "change_s" in r else "-"
         rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else "-"
         print(f"{r['mode']:17}{r['services']:>9}{r['full_s']:>13.2f}{change:>15}{rss:>13}")
-    for n in map(int, args.sizes.split(",")):
+    for n in sizes:
         ours = next((r for r in rows if r["mode"] == "nftables" and r["services"] == n), None)
         up = next((r for r in rows if r["mode"] == "upstream-shaped" and r["services"] == n), None)
         if ours and up:
