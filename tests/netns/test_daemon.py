@@ -185,6 +185,11 @@ def test_api_server_gone_for_30s_leaves_rules_and_relists_on_return(env):
     api.start()
     eventually(lambda: answered_by(lab, "10.96.0.40", 80, n=3) == {"b"}, 35)  # reflector backoff is at most 30s
     assert any("relisting" in line for line in env.log) or any("listed" in line for line in env.log[-20:])
+    # every reflector is back (each backs off on its own): a new Service is served too
+    probe = service("probe", "10.96.0.41")
+    api.apply(probe)
+    api.apply(slice_for(lab, probe, ["a"]))
+    eventually(lambda: answered_by(lab, "10.96.0.41", 80, n=1) == {"a"}, 35)
 
 
 def test_ten_restarts_under_traffic_lose_no_request(env):
