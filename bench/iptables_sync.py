@@ -27,11 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from benchutil import peak_rss_mb  # noqa: E402
+from benchutil import ns_add, ns_del, peak_rss_mb  # noqa: E402
 from pyproxy import netns  # noqa: E402
 from pyproxy.config import ProxyConfig  # noqa: E402
 from pyproxy.iptables.apply import IptablesBackend  # noqa: E402
@@ -58,16 +57,6 @@ def make_cluster(n: int) -> Cluster:
                     for j in range(ENDPOINTS))
         cluster.add(EndpointSlice("bench", f"svc-{i}-abc", f"svc-{i}", "IPv4", eps, (EndpointPort("http", "TCP", 8080),)))
     return cluster
-
-
-def ns_add() -> str:
-    name = f"pxb-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    return name
-
-
-def ns_del(name: str) -> None:
-    subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def one(variant: str, n: int) -> dict:

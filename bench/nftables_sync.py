@@ -22,12 +22,11 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from benchutil import peak_rss_mb  # noqa: E402
+from benchutil import ns_add, ns_del, peak_rss_mb  # noqa: E402
 from iptables_sync import NODE, make_cluster  # noqa: E402
 from pyproxy import netns  # noqa: E402
 from pyproxy.config import ProxyConfig  # noqa: E402
@@ -39,16 +38,6 @@ from pyproxy.nftables.render import NftRenderer, chain_base, static_part  # noqa
 from pyproxy.view import ViewBuilder  # noqa: E402
 
 CONFIG = dict(cluster_cidrs=(ipaddress.ip_network("10.128.0.0/9"),))
-
-
-def ns_add() -> str:
-    name = f"pxb-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    return name
-
-
-def ns_del(name: str) -> None:
-    subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def change_one(cluster, k: int, n: int) -> None:

@@ -107,6 +107,28 @@ class ServicePortView:
     def has_external_endpoints(self) -> bool:
         return self.has_endpoints and (not self.external_policy_local or bool(self.local_endpoints))
 
+    # What a backend builds for this port (kube-proxy's proxier decisions, once for every backend):
+    @property
+    def uses_cluster_chain(self) -> bool:
+        """A chain balancing over the cluster endpoints."""
+        return bool(self.cluster_endpoints) and self.uses_cluster_endpoints
+
+    @property
+    def uses_local_chain(self) -> bool:
+        """A chain balancing over this node's endpoints."""
+        return bool(self.local_endpoints) and self.uses_local_endpoints
+
+    @property
+    def uses_external_chain(self) -> bool:
+        """A chain for external destinations (masquerade or Local policy, pod short-circuit);
+        needed whenever there are endpoints at all, even none usable from outside."""
+        return self.has_endpoints and self.externally_accessible
+
+    @property
+    def uses_firewall(self) -> bool:
+        """loadBalancerSourceRanges filtering on the load-balancer IPs."""
+        return self.has_endpoints and bool(self.load_balancer_ips) and bool(self.load_balancer_source_ranges)
+
 
 @dataclass(frozen=True)
 class NodeView:

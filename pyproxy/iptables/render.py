@@ -146,13 +146,11 @@ def render_service(sp: ServicePortView, ctx: Context) -> ServiceRules:
     svc_chain, svl_chain, ext_chain, fw_chain = names["svc"], names["svl"], names["ext"], names["fw"]
     cluster_ip, port = str(sp.cluster_ip), str(sp.port)
     has_endpoints = sp.has_endpoints
-    uses_cluster_chain = bool(sp.cluster_endpoints) and sp.uses_cluster_endpoints
-    uses_local_chain = bool(sp.local_endpoints) and sp.uses_local_endpoints
+    uses_cluster_chain, uses_local_chain = sp.uses_cluster_chain, sp.uses_local_chain
     internal_chain = svl_chain if sp.internal_policy_local else svc_chain
     external_policy_chain = svl_chain if sp.external_policy_local else svc_chain
     has_internal, has_external = sp.has_internal_endpoints, sp.has_external_endpoints
-    uses_ext_chain = has_endpoints and sp.externally_accessible
-    uses_fw_chain = has_endpoints and bool(sp.load_balancer_ips) and bool(sp.load_balancer_source_ranges)
+    uses_ext_chain, uses_fw_chain = sp.uses_external_chain, sp.uses_firewall
     lb_chain = fw_chain if uses_fw_chain else ext_chain
 
     if not has_endpoints:

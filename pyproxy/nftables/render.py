@@ -170,13 +170,11 @@ def render_service(sp: ServicePortView, config: ProxyConfig, view: NodeView, blo
                                                    f"firewall-{base}")
     cip = str(sp.cluster_ip)
     port = sp.port
-    uses_cluster_chain = bool(sp.cluster_endpoints) and sp.uses_cluster_endpoints
-    uses_local_chain = bool(sp.local_endpoints) and sp.uses_local_endpoints
+    uses_cluster_chain, uses_local_chain = sp.uses_cluster_chain, sp.uses_local_chain
     internal_chain = local_chain if sp.internal_policy_local else svc_chain
     external_policy_chain = local_chain if sp.external_policy_local else svc_chain
     has_internal, has_external = sp.has_internal_endpoints, sp.has_external_endpoints
-    uses_ext_chain = sp.has_endpoints and sp.externally_accessible
-    uses_fw_chain = sp.has_endpoints and bool(sp.load_balancer_ips) and bool(sp.load_balancer_source_ranges)
+    uses_ext_chain, uses_fw_chain = sp.uses_external_chain, sp.uses_firewall
     verdict = "goto reject-chain" if not sp.has_endpoints else "drop"
     local = local_traffic_match(config, view, fam)
 
