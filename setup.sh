@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 packages=(python3 python3-venv python3-pip iptables nftables ipset conntrack iproute2 dnsutils
-          containernetworking-plugins)
+          containernetworking-plugins kmod)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -11,5 +11,8 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Bridged pod traffic must pass through iptables (kube-proxy and kubeadm require br_netfilter);
+# built into some kernels, a module in Debian's.
+[ -d /proc/sys/net/bridge ] || modprobe br_netfilter || echo "warning: br_netfilter not available" >&2
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -75,8 +75,12 @@ def sysctl(ns: str, values: dict[str, str]) -> None:
     # /proc/sys/net shows the namespace of the thread that opens it.
     with netns.entered(ns):
         for key, value in values.items():
-            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-                f.write(value)
+            try:
+                with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                    f.write(value)
+            except FileNotFoundError:
+                hint = " (load br_netfilter: modprobe br_netfilter; setup.sh does)" if ".bridge." in key else ""
+                raise LabError(f"sysctl {key} is not available in this kernel{hint}") from None
 
 
 def list_netns() -> list[str]:
