@@ -192,7 +192,7 @@ def main() -> None:
     print("targets at 10,000: full sync >= 10x faster than upstream-shaped and <= 3 s; one change <= 50 ms")
     if args.datapath:
         dp_rows = datapath(args.datapath)
-        print(f"\ndata path: median connect+request to the service matched last (µs)")
+        print("\ndata path: median connect+request to the service matched last (µs)")
         for r in dp_rows:
             print(f"  {r['mode']:9} {r['services']:6} other services: {r['median_us']:8.0f}")
         for mode in ("iptables", "nftables"):

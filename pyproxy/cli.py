@@ -213,6 +213,8 @@ def diff_cmd(path, node, config_path, backend, family, cluster_cidr, iptables_va
     from .iptables.apply import ApplyError
     from .iptables.diff import diff
 
+    import subprocess
+
     from .nftables.apply import NftError
 
     config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
@@ -225,19 +227,13 @@ def diff_cmd(path, node, config_path, backend, family, cluster_cidr, iptables_va
         else:
             text, variant = diff(ruleset, iptables_variant)
             variant = f"iptables-{variant}"
-    except (ApplyError, NftError, OSError, subprocess_error()) as err:
+    except (ApplyError, NftError, OSError, subprocess.CalledProcessError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     if text:
         click.echo(text, nl=False)
         sys.exit(1)
     click.echo(f"no differences ({variant})")
-
-
-def subprocess_error():
-    import subprocess
-
-    return subprocess.CalledProcessError
 
 
 @main.command()

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from .config import ProxyConfig
 from .conntrack import ConntrackCleaner
-from .iptables.apply import ApplyError, IptablesBackend, SyncResult
+from .backend import SyncResult
+from .iptables.apply import ApplyError, IptablesBackend
 from .iptables.render import Renderer
 from .nftables.apply import NftablesBackend, NftError
 from .nftables.render import NftRenderer

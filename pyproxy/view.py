@@ -11,7 +11,6 @@ renders a view faithfully behaves like kube-proxy.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
@@ -319,7 +318,3 @@ def local_traffic_match(config: ProxyConfig, view: NodeView, family: int) -> tup
         return (["-i", config.bridge_interface], ["!", "-i", config.bridge_interface])
     prefix = config.interface_name_prefix + "+"
     return (["-i", prefix], ["!", "-i", prefix])
-
-
-def in_network(ip: IPAddress, networks: Iterable[str]) -> bool:
-    return any(ip in ipaddress.ip_network(n) for n in networks if n != "primary")

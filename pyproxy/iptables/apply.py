@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from ..backend import SyncResult
 from .render import (
     CANARY,
     SERVICE_CHAIN_PREFIXES,
@@ -41,15 +42,6 @@ OWN_CHAINS = {
 
 class ApplyError(RuntimeError):
     pass
-
-
-@dataclass
-class SyncResult:
-    full: bool
-    seconds: float
-    chains_written: int
-    chains_deleted: int
-    bytes_written: int
 
 
 @dataclass

@@ -15,6 +15,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from ..backend import PortMemo
 from ..config import ProxyConfig
 from ..view import NodeView, ServicePortView, local_traffic_match
 
@@ -352,7 +353,7 @@ class Renderer:
     def __init__(self, config: ProxyConfig, random_fully: bool = True) -> None:
         self.config = config
         self.random_fully = random_fully
-        self._memo: dict[int, tuple[Context, dict[str, tuple[ServicePortView, ServiceRules]]]] = {}
+        self._memo: PortMemo[ServiceRules] = PortMemo()
 
     def render(self, view: NodeView, family: int) -> Ruleset:
         services = dict(self.render_services(view, family))
@@ -361,17 +362,7 @@ class Renderer:
     def render_services(self, view: NodeView, family: int) -> Iterator[tuple[str, ServiceRules]]:
         """Each service port's rules, one at a time (memoised); the memo is updated at the end."""
         ctx = Context.of(view, self.config, family)
-        old_ctx, memo = self._memo.get(family, (None, {}))
-        if old_ctx != ctx:
-            memo = {}
-        fresh: dict[str, tuple[ServicePortView, ServiceRules]] = {}
-        for sp in view.family(family):
-            old = memo.get(sp.key)
-            # identity first: the ViewBuilder hands back the same view object when nothing changed
-            rules = old[1] if old and (old[0] is sp or old[0] == sp) else render_service(sp, ctx)
-            fresh[sp.key] = (sp, rules)
-            yield sp.key, rules
-        self._memo[family] = (ctx, fresh)
+        return self._memo.reuse(family, ctx, view.family(family), lambda sp: render_service(sp, ctx))
 
     def lazy(self, view: NodeView, family: int) -> "LazyRuleset":
         return LazyRuleset(self, view, family)

@@ -12,22 +12,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass
 
+from ..backend import SyncResult
 from .render import NftRuleset, ServiceNft, element_lines
 
 
 class NftError(RuntimeError):
     pass
-
-
-@dataclass
-class NftSyncResult:
-    full: bool
-    seconds: float
-    chains_written: int
-    chains_deleted: int
-    bytes_written: int
 
 
 class NftablesBackend:
@@ -47,7 +38,7 @@ class NftablesBackend:
         if proc.returncode:
             raise NftError(f"nft -f failed: {proc.stderr.decode(errors='replace').strip()[:2000]}")
 
-    def sync(self, ruleset: NftRuleset, full: bool = False) -> NftSyncResult:
+    def sync(self, ruleset: NftRuleset, full: bool = False) -> SyncResult:
         """No check that our table is still there before a partial sync: with nft 1.0.6 even
         `nft list tables` fetches every element (3 s at 10,000 services). A table someone
         deleted makes the partial transaction fail, and a failure makes the next sync full."""
@@ -71,7 +62,7 @@ class NftablesBackend:
                 self._count(svc, +1)
         self._services = dict(ruleset.services)
         self.last_ruleset = ruleset
-        return NftSyncResult(full, time.monotonic() - start, written, deleted, len(script))
+        return SyncResult(full, time.monotonic() - start, written, deleted, len(script))
 
     def _partial(self, ruleset: NftRuleset) -> tuple[str, int, int]:
         assert self._services is not None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..backend import PortMemo
 from ..config import ProxyConfig
 from ..iptables.render import port_proto_hash
 from ..view import NodeView, ServicePortView, local_traffic_match
@@ -279,25 +280,16 @@ class NftRenderer:
         self.config = config
         self.table = table
         self.blocks: dict[int, Blocks] = {}
-        self._memo: dict[int, tuple[tuple, dict[str, tuple[ServicePortView, ServiceNft]]]] = {}
+        self._memo: PortMemo[ServiceNft] = PortMemo()
 
     def render(self, view: NodeView, family: int) -> NftRuleset:
         blocks = self.blocks.setdefault(family, Blocks())
         context = (view.node_ips_of(family), view.pod_cidrs)
-        old_context, memo = self._memo.get(family, ((), {}))
-        if old_context != context:
-            memo = {}
-        fresh: dict[str, tuple[ServicePortView, ServiceNft]] = {}
-        services: dict[str, ServiceNft] = {}
-        for sp in view.family(family):
-            old = memo.get(sp.key)
-            rules = old[1] if old and (old[0] is sp or old[0] == sp) else render_service(sp, self.config, view, blocks)
-            fresh[sp.key] = (sp, rules)
-            services[sp.key] = rules
-        for key in set(memo) - set(fresh):
+        services = dict(self._memo.reuse(family, context, view.family(family),
+                                         lambda sp: render_service(sp, self.config, view, blocks)))
+        for key in self._memo.dropped:
             for kind in ("servi", "local"):
                 blocks.release(f"{key}/{kind}")
-        self._memo[family] = (context, fresh)
         return NftRuleset(family, self.table, static_part(self.config, view, family), services)
 
 

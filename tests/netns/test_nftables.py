@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 
 from pyproxy import netns
 from pyproxy.config import ProxyConfig

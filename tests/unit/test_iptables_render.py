@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from pyproxy.config import ProxyConfig, parse_config
+from pyproxy.config import parse_config
 from pyproxy.iptables.render import render
 from pyproxy.model import parse_objects
 from pyproxy.view import build_view
