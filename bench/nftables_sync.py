@@ -30,11 +30,9 @@ from benchutil import ns_add, ns_del, peak_rss_mb  # noqa: E402
 from iptables_sync import NODE, make_cluster  # noqa: E402
 from pyproxy import netns  # noqa: E402
 from pyproxy.config import ProxyConfig  # noqa: E402
-from pyproxy.iptables.apply import IptablesBackend  # noqa: E402
-from pyproxy.iptables.render import Renderer  # noqa: E402
 from pyproxy.model.types import Endpoint, EndpointSlice  # noqa: E402
-from pyproxy.nftables.apply import NftablesBackend  # noqa: E402
-from pyproxy.nftables.render import NftRenderer, chain_base, static_part  # noqa: E402
+from pyproxy.nftables.render import chain_base, static_part  # noqa: E402
+from pyproxy.proxier import Proxier  # noqa: E402
 from pyproxy.view import ViewBuilder  # noqa: E402
 
 CONFIG = dict(cluster_cidrs=(ipaddress.ip_network("10.128.0.0/9"),))
@@ -48,28 +46,22 @@ def change_one(cluster, k: int, n: int) -> None:
 
 
 def measure(mode: str, n: int) -> dict:
+    """Through the Proxier, as the daemon syncs (GC paused, conntrack cleanup, other mode cleaned)."""
     cluster = make_cluster(n)
-    config = ProxyConfig(mode=mode, iptables_variant="legacy", **CONFIG)
-    views = ViewBuilder(NODE)
+    proxier = Proxier(NODE, ProxyConfig(mode=mode, iptables_variant="legacy", **CONFIG))
     ns = ns_add()
     try:
         with netns.entered(ns):
-            if mode == "nftables":
-                renderer, backend = NftRenderer(config), NftablesBackend(4)
-                render = lambda view: renderer.render(view, 4)  # noqa: E731
-            else:
-                renderer, backend = Renderer(config), IptablesBackend(4, "legacy")
-                render = lambda view: renderer.lazy(view, 4)  # noqa: E731
             start = time.perf_counter()
-            backend.sync(render(views.build(cluster)), full=True)
+            proxier.sync(cluster, full=True)
             full = time.perf_counter() - start
             changes = []
             for k in range(5):
                 change_one(cluster, k, n)
                 start = time.perf_counter()
-                result = backend.sync(render(views.build(cluster)))
+                report = proxier.sync(cluster)
                 changes.append(time.perf_counter() - start)
-                assert not result.full
+                assert not report.results[4].full
     finally:
         ns_del(ns)
     return {"mode": mode, "services": n, "full_s": full, "change_s": statistics.median(changes),

@@ -11,7 +11,7 @@ renders a view faithfully behaves like kube-proxy.
 
 from __future__ import annotations
 
-import socket
+from socket import inet_ntoa
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
@@ -70,15 +70,15 @@ class ServicePortView:
     reachable_endpoints: tuple[EndpointView, ...] = ()  # every endpoint a rule may DNAT to
     has_endpoints: bool = False  # usable endpoints exist anywhere in the cluster
     trigger_time: str = field(default="", compare=False)
+    # computed once: every sync looks up every port by key, and a property would rebuild it each time
+    name_string: str = field(init=False, compare=False, repr=False)
+    key: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def name_string(self) -> str:
-        """kube-proxy's ServicePortName.String(): "ns/name:port", or "ns/name" for an unnamed port."""
-        return f"{self.namespace}/{self.name}" + (f":{self.port_name}" if self.port_name else "")
-
-    @property
-    def key(self) -> str:
-        return f"{self.name_string}/{self.protocol}/ipv{self.family}"
+    def __post_init__(self) -> None:
+        # kube-proxy's ServicePortName.String(): "ns/name:port", or "ns/name" for an unnamed port
+        name = f"{self.namespace}/{self.name}" + (f":{self.port_name}" if self.port_name else "")
+        object.__setattr__(self, "name_string", name)
+        object.__setattr__(self, "key", f"{name}/{self.protocol}/ipv{self.family}")
 
     @property
     def service_key(self) -> str:
@@ -155,22 +155,24 @@ def is_proxied(svc: Service, proxy_name: str = "") -> bool:
 
 def _endpoints(slices: Iterable[EndpointSlice], sp: ServicePort, family: int, node_name: str) -> list[EndpointView]:
     address_type = "IPv4" if family == 4 else "IPv6"
-    seen: dict[tuple[IPAddress, int], EndpointView] = {}
+    seen: dict[str, EndpointView] = {}  # by label: a str hashes ~7x faster than (ip, port)
     for s in slices:
         if s.address_type != address_type:
             continue
         port = next((p for p in s.ports if p.name == sp.name and p.protocol == sp.protocol), None)
         if port is None:
             continue
+        number = port.port
         for ep in s.endpoints:
             ip = ep.addresses[0]
-            text = socket.inet_ntoa(ip.packed) if family == 4 else str(ip)  # ~5x faster than str()
-            label = f"[{text}]:{port.port}" if family == 6 else f"{text}:{port.port}"
-            view = EndpointView(ip, port.port, ep.ready, ep.serving, ep.terminating,
-                                bool(node_name) and ep.node_name == node_name, ep.hint_zones, ep.hint_nodes,
-                                label, text)
-            seen.setdefault((ip, port.port), view)
-    return sorted(seen.values(), key=lambda e: e.label)  # kube-proxy orders endpoints by "ip:port"
+            # ~3x faster than str(ip) (and `.packed`) for IPv4; a full sync at scale does 100,000
+            text = inet_ntoa(ip._ip.to_bytes(4, "big")) if family == 4 else str(ip)
+            label = f"[{text}]:{number}" if family == 6 else f"{text}:{number}"
+            if label not in seen:
+                seen[label] = EndpointView(ip, number, ep.ready, ep.serving, ep.terminating,
+                                           bool(node_name) and ep.node_name == node_name, ep.hint_zones,
+                                           ep.hint_nodes, label, text)
+    return [seen[label] for label in sorted(seen)]  # kube-proxy orders endpoints by "ip:port"
 
 
 def _can_use_topology(svc: Service, endpoints: list[EndpointView], node: Node | None) -> tuple[str, str] | None:
@@ -296,9 +298,9 @@ class ViewBuilder:
             if old and old[0] is svc and len(old[1]) == len(slices) and all(a is b for a, b in zip(old[1], slices)):
                 views = old[2]
             else:
-                views = service_port_views(svc, slices, node, self.node_name)
+                views = sorted(service_port_views(svc, slices, node, self.node_name), key=lambda p: p.key)
             memo[key] = (svc, slices, views)
-            ports.extend(sorted(views, key=lambda p: p.key))
+            ports.extend(views)
         self._memo = memo
         return NodeView(self.node_name, node_addresses(node, local_addresses), node.pod_cidrs if node else (),
                         tuple(ports), deleting=bool(node and node.deleting))

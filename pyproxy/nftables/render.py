@@ -8,16 +8,19 @@ masquerade, REJECT for missing endpoints and unknown cluster-IP ports) and depar
 the kernel's load cost demands: upstream gives every endpoint a chain and every service an
 anonymous verdict map, which is what makes large rulesets load for minutes. Here:
 
-* DNAT targets live in one named map per transport protocol, `endpoints-tcp` (-udp, -sctp),
-  keyed by a number: each service's endpoint set owns a block of keys, and its chain ends in
-  `dnat to numgen random mod N offset BASE map @endpoints-tcp` (one rule, whatever N);
+* DNAT targets live in named maps keyed by a number, `endpoints-tcp-K` (-udp-K, -sctp-K): each
+  service's endpoint set owns a block of keys in one of them, and its chain ends in
+  `dnat to numgen random mod N offset BASE map @endpoints-tcp-K` (one rule, whatever N). The
+  maps are shards of at most SHARD_OWNERS chains: the kernel checks every element added to a map
+  against every rule that uses the map, so one map for all services costs services x endpoints
+  (18 s of kernel time at 10,000 services); shards keep that linear;
 * hairpin (a pod reaching itself through its service) is one set, `hairpin`, of `ip . ip` pairs,
   matched in postrouting after DNAT;
 * only services with ClientIP affinity get per-endpoint chains and timed sets (upstream's shape),
   since affinity must remember the endpoint chosen per client.
 
-Block numbers are allocated by the renderer and kept while a service's endpoint count fits, so a
-changed endpoint is a changed map element, not a new chain.
+Blocks are allocated by the renderer and kept while a service's endpoint count fits, so a changed
+endpoint is a changed map element, not a new chain.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class NftRuleset:
     table: str
     static: str  # the table's fixed part: sets, maps, base and helper chains
     services: dict[str, ServiceNft]
+    maps: dict[str, str]  # endpoint map shards: name -> definition body
 
     @property
     def nft_family(self) -> str:
@@ -66,6 +70,7 @@ class NftRuleset:
         """The whole table as `nft -f` input: replaces any previous table atomically."""
         fam, table = self.nft_family, self.table
         lines = [f"add table {fam} {table}", f"delete table {fam} {table}", f"table {fam} {table} {{", self.static]
+        lines += [f"\tmap {name} {{ {body} }}" for name, body in self.maps.items()]
         for svc in self.services.values():
             for name, body in svc.sets.items():
                 lines.append(f"\tset {name} {{ {body} }}")
@@ -99,9 +104,6 @@ def static_part(config: ProxyConfig, view: NodeView, family: int) -> str:
         f'\tset cluster-ips {{ type {addr}; comment "Active ClusterIPs"; }}',
         f"\tset nodeport-ips {{ type {addr}; }}",
         f"\tset hairpin {{ type {addr} . {addr}; }}",
-        # one map per transport protocol: nft checks a rule's `meta l4proto` against the map's key
-        *(f"\tmap endpoints-{p} {{ typeof numgen random mod 1 : {ip} daddr . {p} dport; }}"
-          for p in ("tcp", "udp", "sctp")),
         f"\tmap service-ips {{ type {addr} . inet_proto . inet_service : verdict; }}",
         "\tmap service-nodeports { type inet_proto . inet_service : verdict; }",
         f"\tmap no-endpoint-services {{ type {addr} . inet_proto . inet_service : verdict; }}",
@@ -142,26 +144,65 @@ def chain_base(sp: ServicePortView) -> str:
     return f"{h}-{sp.namespace}/{sp.name}/{sp.protocol.lower()}/{sp.port_name}"
 
 
+SHARD_OWNERS = 64  # service chains per endpoint map: kernel cost per element grows with this
+SHARD_KEYS = 4096  # keys per endpoint map before a new shard (one larger block still fits alone)
+
+
 class Blocks:
-    """Key blocks in the `endpoints` map: a service's endpoint set keeps its block while it fits."""
+    """Key blocks in the endpoint map shards of one protocol. An owner (a service chain) keeps its
+    block while its endpoint count fits; freed blocks are reused first-fit within their shard."""
 
-    def __init__(self) -> None:
-        self.blocks: dict[str, tuple[int, int]] = {}
-        self.next = 0
+    def __init__(self, proto: str) -> None:
+        self.proto = proto
+        self.owned: dict[str, tuple[int, int, int]] = {}  # owner -> (shard, base, capacity)
+        self.shards: list[dict] = []  # each: owners (count), end (next free key), free [(base, cap)]
 
-    def get(self, owner: str, size: int) -> int:
-        base, capacity = self.blocks.get(owner, (0, 0))
-        if size > capacity:
-            capacity = max(size, 4)
-            base, self.next = self.next, self.next + capacity
-            self.blocks[owner] = (base, capacity)
-        return base
+    def map_name(self, shard: int) -> str:
+        return f"endpoints-{self.proto}-{shard}"
+
+    def get(self, owner: str, size: int) -> tuple[str, int]:
+        """(map name, first key) of the owner's block, (re)allocated if it does not fit."""
+        held = self.owned.get(owner)
+        if held and size <= held[2]:
+            return self.map_name(held[0]), held[1]
+        self.release(owner)
+        capacity = max(size, 4)
+        shard, base = self._place(capacity)
+        self.owned[owner] = (shard, base, capacity)
+        return self.map_name(shard), base
+
+    def _place(self, capacity: int) -> tuple[int, int]:
+        for index, shard in enumerate(self.shards):
+            if shard["owners"] >= SHARD_OWNERS:
+                continue
+            for i, (base, cap) in enumerate(shard["free"]):
+                if cap >= capacity:
+                    shard["free"][i:i + 1] = [(base + capacity, cap - capacity)] if cap > capacity else []
+                    shard["owners"] += 1
+                    return index, base
+            if shard["end"] + capacity <= SHARD_KEYS or shard["end"] == 0:
+                base, shard["end"] = shard["end"], shard["end"] + capacity
+                shard["owners"] += 1
+                return index, base
+        self.shards.append({"owners": 0, "end": 0, "free": []})
+        return self._place(capacity)
 
     def release(self, owner: str) -> None:
-        self.blocks.pop(owner, None)
+        held = self.owned.pop(owner, None)
+        if held:
+            shard = self.shards[held[0]]
+            shard["owners"] -= 1
+            shard["free"].append((held[1], held[2]))
+
+    def maps(self, family: int) -> dict[str, str]:
+        ip = "ip" if family == 4 else "ip6"
+        # a map per transport protocol: nft checks a rule's `meta l4proto` against the map's key
+        body = f"typeof numgen random mod 1 : {ip} daddr . {self.proto} dport;"
+        return {self.map_name(i): body for i in range(len(self.shards))}
 
 
 def render_service(sp: ServicePortView, config: ProxyConfig, view: NodeView, blocks: Blocks) -> ServiceNft:
+    """`blocks` are the endpoint-map blocks of the port's protocol and family."""
     out = ServiceNft()
     fam = sp.family
     ip = "ip" if fam == 4 else "ip6"
@@ -234,11 +275,11 @@ def render_service(sp: ServicePortView, config: ProxyConfig, view: NodeView, blo
         if sp.affinity_timeout:
             rules += _affinity(out, sp, chain, endpoints, ip, proto)
         else:
-            start = blocks.get(f"{sp.key}/{chain[:5]}", len(endpoints))
+            shard, start = blocks.get(f"{sp.key}/{chain[:5]}", len(endpoints))
             for i, ep in enumerate(endpoints):
-                out.element(f"endpoints-{proto}", str(start + i), f"{ep.ip_text} . {ep.port}")
+                out.element(shard, str(start + i), f"{ep.ip_text} . {ep.port}")
             rules.append(f"meta l4proto {proto} dnat {ip} to numgen random mod {len(endpoints)} offset {start} "
-                         f"map @endpoints-{proto}")
+                         f"map @{shard}")
         chains[chain] = rules
     for ep in sp.reachable_endpoints:
         out.element("hairpin", f"{ep.ip_text} . {ep.ip_text}")
@@ -279,18 +320,24 @@ class NftRenderer:
     def __init__(self, config: ProxyConfig, table: str = TABLE) -> None:
         self.config = config
         self.table = table
-        self.blocks: dict[int, Blocks] = {}
+        self.blocks: dict[tuple[int, str], Blocks] = {}
         self._memo: PortMemo[ServiceNft] = PortMemo()
 
+    def _blocks(self, family: int, proto: str) -> Blocks:
+        return self.blocks.setdefault((family, proto), Blocks(proto))
+
     def render(self, view: NodeView, family: int) -> NftRuleset:
-        blocks = self.blocks.setdefault(family, Blocks())
         context = (view.node_ips_of(family), view.pod_cidrs)
-        services = dict(self._memo.reuse(family, context, view.family(family),
-                                         lambda sp: render_service(sp, self.config, view, blocks)))
+        services = dict(self._memo.reuse(
+            family, context, view.family(family),
+            lambda sp: render_service(sp, self.config, view, self._blocks(family, sp.protocol.lower()))))
         for key in self._memo.dropped:
-            for kind in ("servi", "local"):
-                blocks.release(f"{key}/{kind}")
-        return NftRuleset(family, self.table, static_part(self.config, view, family), services)
+            for blocks in (b for (fam, _), b in self.blocks.items() if fam == family):
+                for kind in ("servi", "local"):
+                    blocks.release(f"{key}/{kind}")
+        maps = {name: body for (fam, _), b in sorted(self.blocks.items()) if fam == family
+                for name, body in b.maps(family).items()}
+        return NftRuleset(family, self.table, static_part(self.config, view, family), services, maps)
 
 
 def render(view: NodeView, config: ProxyConfig, family: int = 4) -> NftRuleset:

@@ -8,12 +8,15 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 
 from pyproxy import netns
 from pyproxy.config import ProxyConfig
 from pyproxy.lab import Lab
 from pyproxy.lab.dataplane import LabDataplane
 from pyproxy.lab.spec import parse_spec
+from pyproxy.nftables.apply import NftError
 
 PYPROXY = os.path.join(os.path.dirname(sys.executable), "pyproxy")
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "unit", "golden", "kube_proxy_overall.yaml")
@@ -79,3 +82,60 @@ def test_switching_backends_leaves_nothing_behind_and_keeps_connections():
         held.close()
     finally:
         lab.down()
+
+
+def _slice(name, family, addresses, port=8080):
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": f"IPv{family}",
+            "metadata": {"namespace": "ns", "name": f"{name}-{family}",
+                         "labels": {"kubernetes.io/service-name": name}},
+            "endpoints": [{"addresses": [a]} for a in addresses], "ports": [{"name": "p", "port": port}]}
+
+
+def _service(name, cluster_ips, **spec):
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "ns", "name": name},
+            "spec": {"clusterIP": cluster_ips[0], "clusterIPs": cluster_ips, "ipFamilies":
+                     ["IPv4" if ":" not in ip else "IPv6" for ip in cluster_ips],
+                     "ports": [{"name": "p", "port": 80, "protocol": spec.pop("protocol", "TCP")}], **spec}}
+
+
+def test_element_only_changes_sent_over_netlink_match_a_full_load(namespaces):
+    """An endpoint that moves is sent as an nfnetlink element batch (elements.py), not through
+    nft: the live table must then be exactly what loading the whole ruleset with nft gives, for
+    both families and every element shape (endpoint maps, hairpin pairs, verdict maps, sets)."""
+    from pyproxy.model import parse_objects
+    from pyproxy.nftables import diff
+    from pyproxy.proxier import Proxier
+
+    ns = namespaces.new("node")
+    proxier = Proxier("n1", ProxyConfig(mode="nftables"), families=(4, 6))
+    nodeport = {"type": "NodePort", "externalIPs": ["192.0.2.7"]}
+    objects = [_service("a", ["10.96.0.1", "fd00:96::1"], **nodeport), _service("b", ["10.96.0.2"], protocol="UDP"),
+               _slice("a", 4, ["10.244.1.2", "10.244.1.3"]), _slice("a", 6, ["fd00:244::2", "fd00:244::3"]),
+               _slice("b", 4, ["10.244.1.2"], port=53)]
+    sent: list[str] = []
+    with netns.entered(ns):
+        proxier.sync(parse_objects(objects), full=True)
+        for backend in proxier.backends.values():
+            real = backend.run
+            backend.run = lambda script, real=real: (sent.append(script), real(script))
+        # same endpoint counts, new addresses: element changes only
+        objects[2:] = [_slice("a", 4, ["10.244.1.2", "10.244.1.9"]), _slice("a", 6, ["fd00:244::2", "fd00:244::9"]),
+                       _slice("b", 4, ["10.244.1.4"], port=53)]
+        report = proxier.sync(parse_objects(objects))
+        assert sent == [], "element-only changes must not start nft"
+        assert all(not r.full for r in report.results.values())
+        for family, backend in proxier.backends.items():
+            assert diff.diff(backend.last_ruleset) == "", f"IPv{family} table differs from a full load"
+        live = subprocess.run(["nft", "list", "table", "ip6", "kube-proxy"], capture_output=True, text=True).stdout
+        assert "fd00:244::9 . 8080" in live and "fd00:244::3" not in live
+        # a failed batch changes nothing and makes the next sync full (and that repairs the table)
+        backend4 = proxier.backends[4]
+        subprocess.run(["nft", "delete", "element", "ip", "kube-proxy", "hairpin", "{ 10.244.1.9 . 10.244.1.9 }"],
+                       check=True)
+        objects[2] = _slice("a", 4, ["10.244.1.2", "10.244.1.8"])
+        with pytest.raises(NftError, match="element update failed"):
+            proxier.sync(parse_objects(objects))
+        assert "10.244.1.9 . 8080" in subprocess.run(["nft", "list", "table", "ip", "kube-proxy"],
+                                                      capture_output=True, text=True).stdout
+        assert proxier.sync(parse_objects(objects)).results[4].full
+        assert diff.diff(backend4.last_ruleset) == ""

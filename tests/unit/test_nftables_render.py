@@ -4,7 +4,7 @@ in tests/netns runs the same backend against the kernel)."""
 from pyproxy.config import ProxyConfig
 from pyproxy.model import parse_objects
 from pyproxy.nftables.apply import NftablesBackend
-from pyproxy.nftables.render import NftRenderer
+from pyproxy.nftables.render import SHARD_OWNERS, NftRenderer, element_lines
 from pyproxy.view import build_view
 
 
@@ -27,6 +27,12 @@ class Recorder(NftablesBackend):
     def run(self, script):
         self.scripts.append(script)
 
+    def send_elements(self, gone, added):  # what the nfnetlink batch carries, as nft would say it
+        lines = [line for c in sorted(gone) for line in element_lines("delete", "ip", "kube-proxy", c, gone[c])]
+        lines += [line for c in sorted(added) for line in element_lines("add", "ip", "kube-proxy", c, added[c])]
+        self.scripts.append("\n".join(lines) + "\n")
+        return 0
+
 
 def sync(backend, renderer, objs, full=False):
     backend.sync(renderer.render(build_view(parse_objects(objs), "n1"), 4), full)
@@ -38,11 +44,33 @@ def test_one_map_element_per_endpoint_and_one_dnat_rule_per_service():
     script = renderer.render(build_view(parse_objects([svc("a", "10.96.0.1"), eps("a", *[f"10.244.1.{i}" for i in
                                                                                           range(2, 12)])]), "n1"),
                              4).script()
-    assert script.count("dnat ip to numgen random mod 10 offset 0 map @endpoints-tcp") == 1
+    assert script.count("dnat ip to numgen random mod 10 offset 0 map @endpoints-tcp-0") == 1
     assert "chain endpoint-" not in script, "no chain per endpoint"
-    elements = script.split("add element ip kube-proxy endpoints-tcp { ", 1)[1].split(" }", 1)[0]
+    elements = script.split("add element ip kube-proxy endpoints-tcp-0 { ", 1)[1].split(" }", 1)[0]
     assert sorted(e.split(" : ")[1] for e in elements.split(", ")) == sorted(f"10.244.1.{i} . 8080" for i in range(2, 12))
     assert sorted(int(e.split(" : ")[0]) for e in elements.split(", ")) == list(range(10))
+
+
+def test_endpoint_maps_are_sharded_so_few_rules_use_each():
+    """The kernel checks each element added to a map against every rule using that map: no map may
+    be used by more than SHARD_OWNERS service chains, and a new shard arrives in a partial sync."""
+    renderer, backend = NftRenderer(ProxyConfig(mode="nftables")), Recorder()
+    objs = []
+    for i in range(SHARD_OWNERS + 1):
+        objs += [svc(f"s{i}", f"10.96.1.{i}"), eps(f"s{i}", f"10.244.2.{i}")]
+    script = sync(backend, renderer, objs[:-2], full=True)
+    users = [line.rsplit("@", 1)[1] for line in script.splitlines() if "dnat ip to numgen" in line]
+    assert users.count("endpoints-tcp-0") == SHARD_OWNERS and len(users) == SHARD_OWNERS
+    grown = sync(backend, renderer, objs)
+    assert grown.startswith("add map ip kube-proxy endpoints-tcp-1 { typeof numgen random mod 1 : ip daddr . tcp dport; }")
+    assert "map @endpoints-tcp-1" in grown and "add element ip kube-proxy endpoints-tcp-1 { 0 : 10.244.2.64 . 8080 }" in grown
+    # a removed service frees its block for the next one, in the same shard
+    objs[0:2] = []
+    sync(backend, renderer, objs)
+    objs += [svc("late", "10.96.3.1"), eps("late", "10.244.3.1"), svc("later", "10.96.3.2"), eps("later", "10.244.3.2")]
+    reused = sync(backend, renderer, objs)
+    assert "add map" not in reused and "10.244.3.1 . 8080" in reused and "10.244.3.2 . 8080" in reused
+    assert "endpoints-tcp-0 { 0 : 10.244.3." in reused, "the freed block in shard 0 is used again"
 
 
 def test_partial_sync_changes_only_elements_and_keeps_shared_ones():
@@ -55,6 +83,6 @@ def test_partial_sync_changes_only_elements_and_keeps_shared_ones():
     assert "delete chain ip kube-proxy service-" in script and "table" not in script.split("\n")[0]
     moved = sync(backend, renderer, [svc("b", "10.96.0.2"), eps("b", "10.244.1.3")])
     assert "add chain" not in moved, "an endpoint that moved is a map element, not a new chain"
-    assert "add element ip kube-proxy endpoints-tcp { 4 : 10.244.1.3 . 8080 }" in moved or \
-           "endpoints-tcp {" in moved and "10.244.1.3 . 8080" in moved
+    assert "add element ip kube-proxy endpoints-tcp-0 { 4 : 10.244.1.3 . 8080 }" in moved or \
+           "endpoints-tcp-0 {" in moved and "10.244.1.3 . 8080" in moved
     assert "delete element ip kube-proxy hairpin { 10.244.1.2 . 10.244.1.2 }" in moved
