@@ -3,7 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 packages=(python3 python3-venv python3-pip iptables nftables ipset conntrack iproute2 dnsutils
-          containernetworking-plugins kmod)
+          containernetworking-plugins kmod
+          # the IPVS tests boot Debian's kernel (it has ip_vs) in qemu: tests/vm/qemu.py
+          qemu-system-x86 busybox-static cpio ipvsadm)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

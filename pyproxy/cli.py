@@ -143,7 +143,7 @@ def cluster_options(fn):
                       help="the node whose rules to compute")(fn)
     fn = click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                       help="KubeProxyConfiguration file")(fn)
-    fn = click.option("--backend", type=click.Choice(["iptables", "nftables"]), default=None,
+    fn = click.option("--backend", type=click.Choice(["iptables", "nftables", "ipvs"]), default=None,
                       help="dataplane backend (default: the config's mode)")(fn)
     fn = click.option("--family", type=click.Choice(["4", "6"]), default="4", show_default=True)(fn)
     fn = click.option("--cluster-cidr", default=None, help="overrides the config's clusterCIDR")(fn)
@@ -169,9 +169,6 @@ def _setup(path, node, config_path, backend, cluster_cidr):
         click.echo(f"warning: config: {warning}", err=True)
     for error in cluster.errors:
         click.echo(f"skipped: {error}", err=True)
-    if config.mode not in ("iptables", "nftables"):
-        click.echo(f"error: mode {config.mode!r} is not available yet; use iptables or nftables", err=True)
-        sys.exit(2)
     return config, cluster
 
 
@@ -183,6 +180,10 @@ def _ruleset(config, cluster, node, family):
         from .nftables.render import render as render_nft
 
         return view, render_nft(view, config, int(family))
+    if config.mode == "ipvs":
+        from .ipvs.render import render as render_ipvs
+
+        return view, render_ipvs(view, config, int(family))
     from .iptables.render import render
 
     return view, render(view, config, int(family))
@@ -192,13 +193,19 @@ def _ruleset(config, cluster, node, family):
 @cluster_options
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def dump(path, node, config_path, backend, family, cluster_cidr, output):
-    """Print the rules NODE would get, in iptables-save format."""
+    """Print the rules NODE would get: iptables-save, nft -f or ipvsadm-save -n (with ipsets) format."""
     config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
     view, ruleset = _ruleset(config, cluster, node, family)
-    text = ruleset.script() if config.mode == "nftables" else ruleset.dump_text()
+    text = ruleset.script() if config.mode == "nftables" else ruleset.text() if config.mode == "ipvs" \
+        else ruleset.dump_text()
     if output == "json":
-        counts = ({"chains": sum(len(s.chains) for s in ruleset.services.values())} if config.mode == "nftables" else
-                  {"filter": ruleset.rule_count("filter"), "nat": ruleset.rule_count("nat")})
+        if config.mode == "nftables":
+            counts = {"chains": sum(len(s.chains) for s in ruleset.services.values())}
+        elif config.mode == "ipvs":
+            servers = ruleset.servers().values()
+            counts = {"virtualServers": len(servers), "realServers": sum(len(vs.reals) for vs in servers)}
+        else:
+            counts = {"filter": ruleset.rule_count("filter"), "nat": ruleset.rule_count("nat")}
         _print({"node": node, "family": int(family), "backend": config.mode,
                 "servicePorts": len(view.family(int(family))), "rules": counts, "text": text}, "json")
     else:
@@ -224,10 +231,14 @@ def diff_cmd(path, node, config_path, backend, family, cluster_cidr, iptables_va
             from .nftables.diff import diff as diff_nft
 
             text, variant = diff_nft(ruleset), "nftables"
+        elif config.mode == "ipvs":
+            from .ipvs.diff import diff as diff_ipvs
+
+            text, variant = diff_ipvs(ruleset, iptables_variant), "ipvs"
         else:
             text, variant = diff(ruleset, iptables_variant)
             variant = f"iptables-{variant}"
-    except (ApplyError, NftError, OSError, subprocess.CalledProcessError) as err:
+    except (ApplyError, NftError, OSError, RuntimeError, subprocess.CalledProcessError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     if text:
@@ -277,7 +288,7 @@ def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dpor
 @click.option("--node", "--hostname-override", "node", default="",
               help="this node's name (default: the config's hostnameOverride, $NODE_NAME, the hostname)")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="KubeProxyConfiguration file")
-@click.option("--backend", type=click.Choice(["iptables", "nftables"]), default=None)
+@click.option("--backend", type=click.Choice(["iptables", "nftables", "ipvs"]), default=None)
 @click.option("--family", type=click.Choice(["4", "6", "dual"]), default="4", show_default=True,
               help="IP families to program (dual: both, as a dual-stack node needs)")
 @click.option("--cluster-cidr", default=None, help="overrides the config's clusterCIDR")
@@ -310,9 +321,6 @@ def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, ipta
         click.echo(f"warning: config: {warning}", err=True)
     config = config.with_overrides(mode=backend, iptables_variant=iptables_variant,
                                    healthz_bind_address=healthz_bind_address, metrics_bind_address=metrics_bind_address)
-    if config.mode not in ("iptables", "nftables"):
-        click.echo(f"error: mode {config.mode!r} is not available yet; use iptables or nftables", err=True)
-        sys.exit(2)
     name = node_name(node, config)
     if path:
         from .sources.file import FileSource
@@ -327,7 +335,14 @@ def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, ipta
             click.echo(f"error: cannot configure the Kubernetes client: {err}", err=True)
             sys.exit(2)
     families = (4, 6) if family == "dual" else (int(family),)
-    daemon = Daemon(source, Proxier(name, config, families, proxy_name), config, serve_http=not once)
+    from .ipvs.apply import IpvsUnavailable
+
+    try:
+        proxier = Proxier(name, config, families, proxy_name)
+    except IpvsUnavailable as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    daemon = Daemon(source, proxier, config, serve_http=not once)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
     logging.getLogger("pyproxy").info("pyproxy starting on node %s (%s)", name, "file " + path if path else "API")
@@ -354,7 +369,17 @@ def cleanup(iptables_variant):
             tables += NftablesBackend(family).cleanup()
         except (NftError, FileNotFoundError) as err:
             click.echo(f"warning: nftables ipv{family}: {err}", err=True)
-    click.echo(f"removed {total} chains and {tables} nftables tables")
+    ipvs = 0
+    if os.path.exists("/proc/net/ip_vs") or os.path.exists("/sys/class/net/kube-ipvs0"):
+        from .ipvs.apply import IpvsBackend
+
+        for family in (4, 6):
+            for variant in variants:  # an ipset goes once no variant's rule uses it
+                try:
+                    ipvs += IpvsBackend(family, variant).cleanup()
+                except Exception as err:  # noqa: BLE001 - report and go on with the others
+                    click.echo(f"warning: ipvs ipv{family} ({variant}): {err}", err=True)
+    click.echo(f"removed {total} chains and {tables} nftables tables" + (f" and {ipvs} IPVS objects" if ipvs else ""))
 
 
 # -- DNS ---------------------------------------------------------------------------------------

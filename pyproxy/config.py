@@ -44,6 +44,9 @@ class ProxyConfig:
     metrics_bind_address: str = "127.0.0.1:10249"
     hostname_override: str = ""
     iptables_variant: str = "auto"  # pyproxy: legacy, nft or auto (follow the host)
+    ipvs_scheduler: str = "rr"
+    ipvs_strict_arp: bool = False
+    ipvs_exclude_cidrs: tuple[IPNetwork, ...] = ()  # virtual servers in these are not ours to delete
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -69,8 +72,11 @@ def parse_duration(value: Any, path: str) -> float:
 _KNOWN = {
     "apiVersion", "kind", "mode", "clusterCIDR", "detectLocalMode", "detectLocal", "nodePortAddresses",
     "iptables", "conntrack", "healthzBindAddress", "metricsBindAddress", "hostnameOverride", "minSyncPeriod",
-    "syncPeriod", "pyproxy",
+    "syncPeriod", "pyproxy", "ipvs",
 }
+_KNOWN_IPVS = {"scheduler", "strictARP", "excludeCIDRs", "minSyncPeriod", "syncPeriod", "tcpTimeout",
+               "tcpFinTimeout", "udpTimeout"}
+IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh")
 _KNOWN_IPTABLES = {"masqueradeBit", "masqueradeAll", "localhostNodePorts", "minSyncPeriod", "syncPeriod"}
 _KNOWN_CONNTRACK = {"maxPerCore", "min", "tcpEstablishedTimeout", "tcpCloseWaitTimeout", "udpTimeout",
                     "udpStreamTimeout", "tcpBeLiberal"}
@@ -138,6 +144,32 @@ def parse_config(raw: Any) -> ProxyConfig:
                 out[name] = parse_duration(source[key], where)
     if out.get("sync_period", 30.0) <= 0:
         raise ConfigError("syncPeriod: must be greater than 0")
+
+    ipvs = raw.get("ipvs") or {}
+    if not isinstance(ipvs, dict):
+        raise ConfigError("ipvs: expected a mapping")
+    warnings += [f"ipvs.{k}: unknown field, ignored" for k in sorted(set(ipvs) - _KNOWN_IPVS)]
+    warnings += [f"ipvs.{k}: not supported by pyproxy, ignored" for k in ("tcpTimeout", "tcpFinTimeout", "udpTimeout")
+                 if ipvs.get(k)]
+    if ipvs.get("scheduler"):
+        if ipvs["scheduler"] not in IPVS_SCHEDULERS:
+            raise ConfigError(f"ipvs.scheduler: must be one of {', '.join(IPVS_SCHEDULERS)}, got {ipvs['scheduler']!r}")
+        out["ipvs_scheduler"] = ipvs["scheduler"]
+    if "strictARP" in ipvs:
+        if not isinstance(ipvs["strictARP"], bool):
+            raise ConfigError(f"ipvs.strictARP: expected true or false, got {ipvs['strictARP']!r}")
+        out["ipvs_strict_arp"] = ipvs["strictARP"]
+    excluded = []
+    for i, text in enumerate(ipvs.get("excludeCIDRs") or []):
+        try:
+            excluded.append(ipaddress.ip_network(text))
+        except ValueError as err:
+            raise ConfigError(f"ipvs.excludeCIDRs[{i}]: {err}") from None
+    out["ipvs_exclude_cidrs"] = tuple(excluded)
+    if out.get("mode") == "ipvs":
+        for key, name in (("minSyncPeriod", "min_sync_period"), ("syncPeriod", "sync_period")):
+            if ipvs.get(key) is not None:
+                out[name] = parse_duration(ipvs[key], f"ipvs.{key}")
 
     ct = raw.get("conntrack") or {}
     if not isinstance(ct, dict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from .iptables.apply import ApplyError, IptablesBackend
 from .iptables.render import Renderer
 from .nftables.apply import NftablesBackend, NftError
 from .nftables.render import NftRenderer
+from .ipvs.apply import IpvsBackend, ensure_ip_vs
+from .ipvs.render import DUMMY_DEVICE, IpvsRenderer
 from .model.parse import Cluster
 from .view import NodeView, ViewBuilder
 
@@ -36,16 +39,24 @@ class SyncReport:
 class Proxier:
     def __init__(self, node_name: str, config: ProxyConfig, families: tuple[int, ...] = (4,),
                  proxy_name: str = "") -> None:
-        if config.mode not in ("iptables", "nftables"):
-            raise ValueError(f"mode {config.mode!r} is not available yet; use iptables or nftables")
+        if config.mode not in ("iptables", "nftables", "ipvs"):
+            raise ValueError(f"mode {config.mode!r} is not available; use iptables, nftables or ipvs")
         self.node_name = node_name
         self.config = config
         self.proxy_name = proxy_name
         self.views = ViewBuilder(node_name, proxy_name)
+        self.mode = config.mode
         self.nftables = config.mode == "nftables"
+        self.renderer: NftRenderer | Renderer | IpvsRenderer
+        self.backends: dict
         if self.nftables:
             self.renderer = NftRenderer(config)
             self.backends = {f: NftablesBackend(f) for f in families}
+        elif self.mode == "ipvs":
+            ensure_ip_vs()  # fail at start-up, naming the module, on a node without IPVS
+            self.renderer = IpvsRenderer(config)
+            self.backends = {f: IpvsBackend(f, config.iptables_variant, config.ipvs_strict_arp,
+                                            config.ipvs_exclude_cidrs) for f in families}
         else:
             self.renderer = Renderer(config)
             self.backends = {f: IptablesBackend(f, config.iptables_variant) for f in families}
@@ -73,7 +84,7 @@ class Proxier:
         report.render_seconds = time.monotonic() - start  # the view; rules render while they are written
         counts = {"filter": 0, "nat": 0}
         for family, backend in self.backends.items():
-            if self.nftables:
+            if self.nftables or self.mode == "ipvs":
                 report.results[family] = backend.sync(self.renderer.render(view, family), full)
             else:
                 report.results[family] = backend.sync(self.renderer.lazy(view, family), full)
@@ -87,7 +98,10 @@ class Proxier:
 
     def _clean_other_mode(self) -> None:
         """Switching modes leaves nothing of the other behind (as kube-proxy cleans up at start);
-        done after our own rules are in place, so traffic is never without service rules."""
+        done after our own rules are in place, so traffic is never without service rules. (IPVS
+        mode's first full sync removes iptables mode's chains itself: the two share chain names.)"""
+        if self.mode != "ipvs":
+            self._clean_ipvs_leftovers()
         if self.nftables:
             for family in self.backends:
                 for variant in ("legacy", "nft"):
@@ -102,6 +116,15 @@ class Proxier:
                 except (NftError, FileNotFoundError) as err:
                     log.warning("cleaning nftables rules: %s", err)
         self._other_mode_cleaned = True
+
+    def _clean_ipvs_leftovers(self) -> None:
+        if not (os.path.exists("/proc/net/ip_vs") or os.path.exists(f"/sys/class/net/{DUMMY_DEVICE}")):
+            return  # IPVS mode never ran here (without ip_vs there can be no virtual server)
+        for family in self.backends:
+            try:
+                IpvsBackend(family, self.config.iptables_variant).cleanup(keep_shared_chains=not self.nftables)
+            except Exception as err:  # noqa: BLE001 - leftovers must not stop the proxy
+                log.warning("cleaning IPVS leftovers: %s", err)
 
     def cleanup(self) -> int:
         return sum(backend.cleanup() for backend in self.backends.values())

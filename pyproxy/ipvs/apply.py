@@ -1,0 +1,369 @@
+"""Reconcile the kernel with an IpvsRuleset: IPVS through pyroute2's netlink API, the dummy
+device's addresses, the ipsets (`ipset restore`) and the iptables chains IPVS mode needs.
+
+Never a flush: a full sync reads the live IPVS table and changes only the differences; a partial
+sync looks only at the virtual servers of service ports whose rendering changed (the renderer
+hands back the very same object for an unchanged port). A real server that goes away is
+quiesced first (weight 0) when it carries TCP, and deleted once IPVS counts no connection on it
+(checked at every sync); UDP and SCTP real servers go at once, as kube-proxy does.
+
+IPVS has no transactions: a failure part-way leaves what was done, and makes the next sync a
+full one, which repairs it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+import time
+
+from ..backend import SyncResult
+from ..iptables.apply import IptablesBackend, _target, missing_jumps
+from ..iptables.render import Jump, is_service_chain
+from .render import DUMMY_DEVICE, IPSETS, IpvsRuleset, PortIpvs, RealServer, VirtualServer, set_name
+
+PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
+PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
+FWD_MASQ = 0  # IP_VS_CONN_F_MASQ; pyroute2's IPVSDest defaults to 3 (direct routing)
+PERSISTENT = 0x1
+
+
+class IpvsError(RuntimeError):
+    pass
+
+
+class IpvsUnavailable(IpvsError):
+    pass
+
+
+def ensure_ip_vs() -> None:
+    """A clear error, at start-up, on a node whose kernel has no IPVS."""
+    if os.path.exists("/proc/net/ip_vs"):
+        return
+    try:
+        from pyroute2 import IPVS
+        with IPVS() as ipvs:  # resolving the IPVS netlink family makes the kernel load ip_vs
+            list(ipvs.service("dump"))
+    except Exception as err:  # noqa: BLE001 - whatever pyroute2 raises, the cause is the same
+        raise IpvsUnavailable(
+            "IPVS mode needs the ip_vs kernel module (and ip_vs_rr or the configured scheduler's); "
+            f"load them with `modprobe ip_vs ip_vs_rr` or choose mode iptables or nftables ({err})") from None
+
+
+class IpvsBackend:
+    def __init__(self, family: int = 4, variant: str = "auto", strict_arp: bool = False,
+                 exclude_cidrs: tuple = ()) -> None:
+        self.family = family
+        self.iptables = IptablesBackend(family, variant)
+        self.variant = f"ipvs+iptables-{self.iptables.variant}"
+        self.strict_arp = strict_arp
+        self.exclude = exclude_cidrs
+        self._ports: dict[str, PortIpvs] | None = None  # what the kernel holds, by service port
+        self._sets: dict[str, set[str]] = {}
+        self._iptables: tuple[list[str], list[str]] | None = None
+        self._bound: set[str] = set()
+        self.terminating: dict[tuple[tuple[str, str, int], RealServer], float] = {}  # -> since
+        self.last_ruleset: IpvsRuleset | None = None
+
+    # -- the pieces ------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        ensure_ip_vs()
+        sysctls = {"net/ipv4/vs/conntrack": "1", "net/ipv4/vs/expire_nodest_conn": "1",
+                   "net/ipv4/vs/expire_quiescent_template": "1", "net/ipv4/ip_forward": "1"}
+        if self.strict_arp:
+            sysctls |= {"net/ipv4/conf/all/arp_ignore": "1", "net/ipv4/conf/all/arp_announce": "2"}
+        # conn_reuse_mode is left alone: kernels from 5.9 no longer need kube-proxy's workaround
+        for key, value in sysctls.items():
+            with open(f"/proc/sys/{key}", "w") as f:
+                f.write(value)
+
+    def _dummy(self, ipr) -> int:
+        found = ipr.link_lookup(ifname=DUMMY_DEVICE)
+        if not found:
+            ipr.link("add", ifname=DUMMY_DEVICE, kind="dummy")
+            found = ipr.link_lookup(ifname=DUMMY_DEVICE)
+        return found[0]
+
+    def _sync_addresses(self, want: set[str], full: bool, remove: bool) -> None:
+        """Bind service addresses to kube-ipvs0 (so the kernel takes them as local); with
+        `remove`, unbind what is no longer wanted (after the virtual servers went)."""
+        from pyroute2 import IPRoute
+
+        fam = socket.AF_INET if self.family == 4 else socket.AF_INET6
+        if not full and not remove and want <= self._bound:
+            return
+        with IPRoute() as ipr:
+            index = self._dummy(ipr)
+            if full:
+                self._bound = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=fam)}
+            if remove:
+                for ip in sorted(self._bound - want):
+                    ipr.addr("del", index=index, address=ip, prefixlen=32 if self.family == 4 else 128)
+                    self._bound.discard(ip)
+                return
+            for ip in sorted(want - self._bound):
+                ipr.addr("add", index=index, address=ip, prefixlen=32 if self.family == 4 else 128,
+                         **({} if self.family == 4 else {"flags": 0x02}))  # IFA_F_NODAD
+                self._bound.add(ip)
+
+    def _sync_ipsets(self, ruleset: IpvsRuleset, full: bool) -> None:
+        want = ruleset.sets()
+        if full:
+            self._sets = _live_sets(set(want))
+        lines = [line for line in ruleset.ipset_lines() if line.startswith("create ")] if full else []
+        for name in sorted(want):
+            have = self._sets.get(name, set())
+            lines += [f"del {name} {e}" for e in sorted(have - want[name])]
+            lines += [f"add {name} {e}" for e in sorted(want[name] - have)]
+        if lines:
+            proc = subprocess.run(["ipset", "restore", "-exist"], input="\n".join(lines) + "\n",
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise IpvsError(f"ipset restore failed: {proc.stderr.strip()}")
+        self._sets = {k: set(v) for k, v in want.items()}
+
+    def _sync_iptables(self, ruleset: IpvsRuleset, full: bool) -> None:
+        """Our chains, rewritten whole when they changed (they are small: the ipsets carry the
+        per-service data). A full sync also adds missing jumps and removes what iptables mode
+        leaves behind (service chains, KUBE-NODEPORTS...), in the same transaction per table."""
+        if not full and self._iptables == (ruleset.nat, ruleset.filter):
+            return
+        tables = {"nat": list(ruleset.nat[:-1]), "filter": list(ruleset.filter[:-1])}
+        if full:
+            jumps = [Jump(t, c, tuple(rule.rsplit(" -j ", 1)[0].split()), rule.rsplit(" -j ", 1)[1])
+                     for t, c, rule in ruleset.jumps]
+            live = self.iptables.save("nat", "filter")
+            for table, lines in tables.items():
+                state = live[table]
+                stale = sorted(c for c in state.chains if is_service_chain(c) or c in IPTABLES_MODE_CHAINS)
+                lines[1:1] = [r.replace("-A ", "-D ", 1) for r in state.rules
+                              if r.split()[1] not in stale and _target(r) in stale]
+                lines += [f":{c} - [0:0]" for c in stale] + missing_jumps(jumps, table, state)
+                lines += [f"-X {c}" for c in stale]
+        try:
+            self.iptables.restore(tables["nat"] + ["COMMIT"] + tables["filter"] + ["COMMIT"])
+        except Exception as err:
+            raise IpvsError(str(err)) from err
+        self._iptables = (list(ruleset.nat), list(ruleset.filter))
+
+    # -- IPVS ------------------------------------------------------------------------------------
+
+    def _ours(self, ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return address.version == self.family and not any(address in c for c in self.exclude)
+
+    def _sync_ipvs(self, ruleset: IpvsRuleset, full: bool) -> tuple[int, int]:
+        from pyroute2 import IPVS
+
+        want = ruleset.servers()
+        if full:
+            keys = None
+        else:
+            assert self._ports is not None
+            old, new = self._ports, ruleset.ports
+            changed = [k for k, p in new.items() if old.get(k) is not p] + [k for k in old if k not in new]
+            keys = {vs.key for k in changed for p in (old.get(k), new.get(k)) if p for vs in p.servers}
+        written = deleted = 0
+        with IPVS() as ipvs:
+            self._reap(ipvs)
+            live = _dump(ipvs, keys)
+            for key, vs in want.items():
+                if keys is not None and key not in keys:
+                    continue
+                have = live.get(key)
+                if have is None:
+                    ipvs.service("add", service=_service(vs))
+                    reals: dict[RealServer, tuple[int, int]] = {}
+                    written += 1
+                elif (have[0].scheduler, have[0].timeout) != (vs.scheduler, vs.timeout):
+                    ipvs.service("set", service=_service(vs))
+                    reals = have[1]
+                    written += 1
+                else:
+                    reals = have[1]
+                for rs in vs.reals:
+                    if rs not in reals:
+                        ipvs.dest("add", service=_service(vs), dest=_dest(rs, 1))
+                        written += 1
+                    elif reals[rs][0] != 1 or (key, rs) in self.terminating:
+                        ipvs.dest("set", service=_service(vs), dest=_dest(rs, 1))  # back from quiescing
+                        self.terminating.pop((key, rs), None)
+                        written += 1
+                for rs, (weight, conns) in reals.items():
+                    if rs in vs.reals:
+                        continue
+                    if vs.protocol == "TCP" and conns:
+                        if weight or (key, rs) not in self.terminating:
+                            ipvs.dest("set", service=_service(vs), dest=_dest(rs, 0))
+                            self.terminating.setdefault((key, rs), time.monotonic())
+                    else:
+                        ipvs.dest("del", service=_service(vs), dest=_dest(rs, 0))
+                        self.terminating.pop((key, rs), None)
+                        deleted += 1
+            for key, (vs, _) in live.items():
+                if key not in want and self._ours(vs.ip):
+                    ipvs.service("del", service=_service(vs))
+                    for rs_key in [t for t in self.terminating if t[0] == key]:
+                        del self.terminating[rs_key]
+                    deleted += 1
+        return written, deleted
+
+    def _reap(self, ipvs) -> None:
+        """Delete quiesced real servers that no longer carry a connection."""
+        if not self.terminating:
+            return
+        live = _dump(ipvs, {key for key, _ in self.terminating})
+        for key, rs in list(self.terminating):
+            have = live.get(key)
+            if have is None or rs not in have[1]:
+                del self.terminating[(key, rs)]
+            elif have[1][rs][1] == 0:
+                ipvs.dest("del", service=_service(have[0]), dest=_dest(rs, 0))
+                del self.terminating[(key, rs)]
+
+    # -- syncs ------------------------------------------------------------------------------------
+
+    def sync(self, ruleset: IpvsRuleset, full: bool = False) -> SyncResult:
+        start = time.monotonic()
+        full = full or self._ports is None
+        try:
+            if full:
+                self._prepare()
+            want_bound = ruleset.bind_addresses()
+            self._sync_addresses(want_bound, full, remove=False)
+            self._sync_ipsets(ruleset, full)
+            self._sync_iptables(ruleset, full)
+            written, deleted = self._sync_ipvs(ruleset, full)
+            self._sync_addresses(want_bound, False, remove=True)
+        except IpvsUnavailable:
+            raise
+        except Exception as err:
+            self._ports = None
+            raise err if isinstance(err, IpvsError) else IpvsError(f"IPVS sync failed: {err}") from err
+        self._ports = dict(ruleset.ports)
+        self.last_ruleset = ruleset
+        return SyncResult(full, time.monotonic() - start, written, deleted, 0)
+
+    def reap(self) -> None:
+        """Between syncs: finish graceful terminations whose connections are gone."""
+        from pyroute2 import IPVS
+
+        if self.terminating:
+            with IPVS() as ipvs:
+                self._reap(ipvs)
+
+    def cleanup(self, keep_shared_chains: bool = False) -> int:
+        """Remove our virtual servers, the dummy device, our chains and the jumps to them, and our
+        ipsets. `keep_shared_chains` leaves the chains whose names iptables mode uses too (it
+        has rewritten them by then)."""
+        removed = 0
+        if os.path.exists("/proc/net/ip_vs"):
+            from pyroute2 import IPVS
+            with IPVS() as ipvs:
+                for vs, _ in _dump(ipvs, None).values():
+                    if self._ours(vs.ip):
+                        ipvs.service("del", service=_service(vs))
+                        removed += 1
+        from pyroute2 import IPRoute
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=DUMMY_DEVICE)
+            if found:
+                ipr.link("del", index=found[0])
+                removed += 1
+        live = self.iptables.save("nat", "filter")
+        parts = []
+        for table, state in live.items():
+            own = IPVS_ONLY_CHAINS[table] if keep_shared_chains else IPVS_ONLY_CHAINS[table] | SHARED_CHAINS[table]
+            ours = sorted(c for c in state.chains if c in own)
+            if ours:
+                deletes = [r.replace("-A ", "-D ", 1) for r in state.rules
+                           if r.split()[1] not in ours and _target(r) in ours]
+                parts += [f"*{table}", *deletes, *[f":{c} - [0:0]" for c in ours], *[f"-X {c}" for c in ours], "COMMIT"]
+                removed += len(ours)
+        if parts:
+            self.iptables.restore(parts)
+        names = [set_name(n, self.family) for n in IPSETS]
+        present = _live_sets(set(names))
+        if present:  # a set still used by a rule someone else wrote stays: destroy fails, harmlessly
+            for name in present:
+                subprocess.run(["ipset", "destroy", name], capture_output=True)
+            removed += len(present)
+        self._ports = None
+        return removed
+
+
+# Chain names: IPVS mode's own, those iptables mode uses as well, and iptables mode's alone.
+IPVS_ONLY_CHAINS = {"nat": {"KUBE-NODE-PORT", "KUBE-LOAD-BALANCER"},
+                    "filter": {"KUBE-NODE-PORT", "KUBE-SOURCE-RANGES-FIREWALL", "KUBE-IPVS-FILTER",
+                               "KUBE-IPVS-OUT-FILTER"}}
+SHARED_CHAINS = {"nat": {"KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"},
+                 "filter": {"KUBE-SERVICES", "KUBE-FORWARD", "KUBE-PROXY-FIREWALL"}}
+IPTABLES_MODE_CHAINS = {"KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL", "KUBE-PROXY-CANARY"}
+
+
+def _live_sets(names: set[str]) -> dict[str, set[str]]:
+    proc = subprocess.run(["ipset", "save"], capture_output=True, text=True)
+    out: dict[str, set[str]] = {}
+    for line in proc.stdout.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[1] in names:
+            if words[0] == "create":
+                out.setdefault(words[1], set())
+            elif words[0] == "add":
+                out.setdefault(words[1], set()).add(words[2])
+    return out
+
+
+def _service(vs: VirtualServer):
+    from pyroute2 import IPVSService
+
+    v6 = ":" in vs.ip
+    return IPVSService(addr=vs.ip, port=vs.port, protocol=PROTOCOLS[vs.protocol], sched_name=vs.scheduler,
+                       timeout=vs.timeout, flags={"flags": PERSISTENT if vs.timeout else 0, "mask": 0xFFFF},
+                       netmask="0.0.0.128" if v6 else "255.255.255.255")  # a be32 prefix length for IPv6
+
+
+def _dest(rs: RealServer, weight: int):
+    from pyroute2 import IPVSDest
+
+    return IPVSDest(addr=rs.ip, port=rs.port, fwd_method=FWD_MASQ, weight=weight)
+
+
+def _dump(ipvs, keys) -> dict[tuple[str, str, int], tuple[VirtualServer, dict[RealServer, tuple[int, int]]]]:
+    """Live virtual servers (all, or those in `keys`) with each real server's (weight, connections)."""
+    out = {}
+    if keys is not None and len(keys) < 64:
+        messages = []
+        for proto, ip, port in keys:
+            try:
+                messages += ipvs.service("get", service=_service(VirtualServer(proto, ip, port, "rr", 0, ())))
+            except Exception as err:  # noqa: BLE001 - a missing service is ENOENT from the kernel
+                if getattr(err, "code", None) not in (2, 3):
+                    raise
+    else:
+        messages = list(ipvs.service("dump"))
+    for msg in messages:
+        attrs = msg.get_attr("IPVS_CMD_ATTR_SERVICE")
+        ip = attrs.get_attr("IPVS_SVC_ATTR_ADDR")
+        proto = PROTOCOL_NAMES.get(attrs.get_attr("IPVS_SVC_ATTR_PROTOCOL"))
+        if ip is None or proto is None:
+            continue  # fwmark services are not ours
+        key = (proto, ip, attrs.get_attr("IPVS_SVC_ATTR_PORT"))
+        if keys is not None and key not in keys:
+            continue
+        timeout = attrs.get_attr("IPVS_SVC_ATTR_TIMEOUT") or 0
+        flags = attrs.get_attr("IPVS_SVC_ATTR_FLAGS")
+        if flags is not None and not flags["flags"] & PERSISTENT:
+            timeout = 0
+        vs = VirtualServer(proto, ip, key[2], attrs.get_attr("IPVS_SVC_ATTR_SCHED_NAME"), timeout, ())
+        reals = {}
+        for dmsg in ipvs.dest("dump", service=_service(vs)):
+            d = dmsg.get_attr("IPVS_CMD_ATTR_DEST")
+            rs = RealServer(d.get_attr("IPVS_DEST_ATTR_ADDR"), d.get_attr("IPVS_DEST_ATTR_PORT"))
+            conns = (d.get_attr("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0) + (d.get_attr("IPVS_DEST_ATTR_INACT_CONNS") or 0)
+            reals[rs] = (d.get_attr("IPVS_DEST_ATTR_WEIGHT"), conns)
+        out[key] = (vs, reals)
+    return out

@@ -1,0 +1,101 @@
+"""IPVS mode rendering (pure; the kernel side runs in the qemu guest, tests/vm)."""
+
+import ipaddress
+
+from pyproxy.config import ProxyConfig, parse_config
+from pyproxy.ipvs.render import render, set_name
+from pyproxy.model import parse_objects
+from pyproxy.view import build_view
+
+NODE = {"kind": "Node", "metadata": {"name": "n1"},
+        "spec": {"podCIDR": "10.244.1.0/24"}, "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.11"}]}}
+
+
+def svc(name, ip, **spec):
+    port = {"name": "http", "port": 80, **({"nodePort": spec.pop("nodePort")} if "nodePort" in spec else {})}
+    return {"kind": "Service", "metadata": {"namespace": "ns", "name": name},
+            "spec": {"clusterIP": ip, "ports": [port], **spec}}
+
+
+def eps(name, *endpoints):
+    return {"kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"namespace": "ns", "name": f"{name}-x", "labels": {"kubernetes.io/service-name": name}},
+            "endpoints": [{"addresses": [ip], "nodeName": node} for ip, node in endpoints],
+            "ports": [{"name": "http", "port": 8080}]}
+
+
+def ruleset(*objects, config=None):
+    config = config or ProxyConfig(mode="ipvs", cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),))
+    return render(build_view(parse_objects([NODE, *objects]), "n1"), config, 4)
+
+
+def save_lines(rs):
+    return [line for vs in sorted(rs.servers().values()) for line in vs.save_lines()]
+
+
+def test_a_virtual_server_per_frontend_with_nat_real_servers():
+    rs = ruleset(svc("a", "10.96.0.1", type="LoadBalancer", nodePort=30080, externalIPs=["192.0.2.7"],
+                     sessionAffinity="ClientIP"),
+                 eps("a", ("10.244.1.2", "n1"), ("10.244.2.2", "n2")))
+    lines = save_lines(rs)
+    assert "-A -t 10.96.0.1:80 -s rr -p 10800" in lines, "ClientIP affinity is IPVS persistence, default 3h"
+    for frontend in ("10.96.0.1:80", "192.0.2.7:80", "172.18.0.11:30080"):
+        assert f"-a -t {frontend} -r 10.244.1.2:8080 -m -w 1" in lines, "NAT (masquerade) real servers, weight 1"
+        assert f"-a -t {frontend} -r 10.244.2.2:8080 -m -w 1" in lines
+    assert rs.bind_addresses() == {"10.96.0.1", "192.0.2.7"}, "service addresses go on kube-ipvs0, node IPs do not"
+    sets = rs.sets()
+    assert sets["KUBE-CLUSTER-IP"] == {"10.96.0.1,tcp:80"} and sets["KUBE-EXTERNAL-IP"] == {"192.0.2.7,tcp:80"}
+    assert sets["KUBE-NODE-PORT-TCP"] == {"30080"}
+    assert sets["KUBE-LOOP-BACK"] == {"10.244.1.2,tcp:8080,10.244.1.2"}, "hairpin entries for local endpoints only"
+
+
+def test_scheduler_comes_from_the_config():
+    config = parse_config({"mode": "ipvs", "ipvs": {"scheduler": "lc"}})
+    rs = ruleset(svc("a", "10.96.0.1"), eps("a", ("10.244.1.2", "n1")), config=config)
+    assert save_lines(rs)[0] == "-A -t 10.96.0.1:80 -s lc"
+
+
+def test_no_endpoints_are_rejected_and_local_policy_without_local_endpoints_drops_outside_traffic():
+    rs = ruleset(svc("empty", "10.96.0.1"),
+                 svc("local", "10.96.0.2", type="NodePort", nodePort=30081, externalTrafficPolicy="Local"),
+                 eps("local", ("10.244.2.2", "n2")))
+    sets = rs.sets()
+    assert sets["KUBE-NO-ENDPOINTS"] == {"10.96.0.1,tcp:80"}
+    assert sets["KUBE-NO-LOCAL-ENDPOINTS"] == {"172.18.0.11,tcp:30081"}
+    assert sets["KUBE-NODE-PORT-LOCAL-TCP"] == {"30081"}
+    assert "-a -t 172.18.0.11:30081 -r 10.244.2.2:8080 -m -w 1" in save_lines(rs), \
+        "pods on this node still reach the service through the node port (kube-proxy keeps the cluster endpoints)"
+    assert ('-A KUBE-SERVICES -m comment --comment "pyproxy: service frontends without endpoints (rejected)" '
+            "-m set --match-set KUBE-NO-ENDPOINTS dst,dst -j REJECT --reject-with icmp-port-unreachable") in rs.filter
+    assert any("KUBE-NO-LOCAL-ENDPOINTS dst,dst ! -s 10.244.0.0/16 -m addrtype ! --src-type LOCAL -j DROP" in r
+               for r in rs.filter)
+
+
+def test_kube_proxy_iptables_rules_in_its_order():
+    rs = ruleset(svc("a", "10.96.0.1", type="NodePort", nodePort=30080), eps("a", ("10.244.1.2", "n1")))
+    nat = [r for r in rs.nat if r.startswith("-A ")]
+    assert nat[0] == "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN"
+    assert nat.index('-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip for '
+                     'solving hairpin purpose" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE') < \
+        nat.index("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN")
+    assert ('-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" '
+            "-m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ") in nat
+    assert nat[-1] == "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000"
+    assert "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT" in rs.filter
+    assert ("filter", "INPUT", '-m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-FILTER') in rs.jumps
+
+
+def test_ipv6_sets_are_prefixed_and_unchanged_ports_are_reused():
+    assert set_name("KUBE-LOAD-BALANCER-SOURCE-CIDR", 6) == "KUBE-6-LOAD-BALANCER-SOURCE-CID"  # 31 characters
+    from pyproxy.ipvs.render import IpvsRenderer
+    from pyproxy.view import ViewBuilder
+
+    config = ProxyConfig(mode="ipvs")
+    renderer, views = IpvsRenderer(config), ViewBuilder("n1")
+    objects = [NODE, svc("a", "10.96.0.1"), eps("a", ("10.244.1.2", "n1")), svc("b", "10.96.0.2"),
+               eps("b", ("10.244.1.3", "n1"))]
+    first = renderer.render(views.build(parse_objects(objects)), 4)
+    objects[-1] = eps("b", ("10.244.1.4", "n1"))
+    second = renderer.render(views.build(parse_objects(objects)), 4)
+    assert second.ports["ns/a:http/TCP/ipv4"] is first.ports["ns/a:http/TCP/ipv4"], "an unchanged port is not re-rendered"
+    assert second.ports["ns/b:http/TCP/ipv4"] is not first.ports["ns/b:http/TCP/ipv4"]
