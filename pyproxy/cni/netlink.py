@@ -191,10 +191,14 @@ class Netlink:
         return self._link(replies[0][1]) if replies else None
 
     def create_bridge(self, name: str, mtu: int = 0) -> None:
+        self.create_link(name, "bridge", mtu)
+
+    def create_link(self, name: str, kind: str, mtu: int = 0) -> None:
+        """A link of a kind that needs no more than a name (bridge, dummy)."""
         attrs = attr(IFLA_IFNAME, name.encode() + b"\0")
         if mtu:
             attrs += attr(IFLA_MTU, struct.pack("=I", mtu))
-        attrs += nested(IFLA_LINKINFO, attr(IFLA_INFO_KIND, b"bridge"))
+        attrs += nested(IFLA_LINKINFO, attr(IFLA_INFO_KIND, kind.encode()))
         self.request(RTM_NEWLINK, F_CREATE | F_EXCL, _IFINFO.pack(0, 0, 0, 0, 0) + attrs)
 
     def create_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int = 0) -> None:

@@ -1,5 +1,6 @@
-"""Reconcile the kernel with an IpvsRuleset: IPVS through pyroute2's netlink API, the dummy
-device's addresses, the ipsets (`ipset restore`) and the iptables chains IPVS mode needs.
+"""Reconcile the kernel with an IpvsRuleset: IPVS through its netlink API (netlink.py, many
+changes per system call), the dummy device's addresses (rtnetlink), the ipsets (`ipset restore`)
+and the iptables chains IPVS mode needs.
 
 Never a flush: a full sync reads the live IPVS table and changes only the differences; a partial
 sync looks only at the virtual servers of service ports whose rendering changed (the renderer
@@ -15,19 +16,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import subprocess
 import time
 
 from ..backend import SyncResult
+from ..cni.netlink import Netlink
 from ..iptables.apply import IptablesBackend, _target, missing_jumps
 from ..iptables.render import Jump, is_service_chain
-from .render import DUMMY_DEVICE, IPSETS, IpvsRuleset, PortIpvs, RealServer, VirtualServer, set_name
+from .netlink import DEL_DEST, DEL_SERVICE, NEW_DEST, NEW_SERVICE, SET_DEST, SET_SERVICE, Dest, IpvsSocket, Service
+from .render import DUMMY_DEVICE, IPSETS, IpvsRuleset, PortIpvs, RealServer, set_name
 
-PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
-PROTOCOL_NAMES = {v: k for k, v in PROTOCOLS.items()}
-FWD_MASQ = 0  # IP_VS_CONN_F_MASQ; pyroute2's IPVSDest defaults to 3 (direct routing)
-PERSISTENT = 0x1
 
 
 class IpvsError(RuntimeError):
@@ -43,10 +41,9 @@ def ensure_ip_vs() -> None:
     if os.path.exists("/proc/net/ip_vs"):
         return
     try:
-        from pyroute2 import IPVS
-        with IPVS() as ipvs:  # resolving the IPVS netlink family makes the kernel load ip_vs
-            list(ipvs.service("dump"))
-    except Exception as err:  # noqa: BLE001 - whatever pyroute2 raises, the cause is the same
+        with IpvsSocket():  # resolving the IPVS netlink family makes the kernel load ip_vs
+            pass
+    except OSError as err:
         raise IpvsUnavailable(
             "IPVS mode needs the ip_vs kernel module (and ip_vs_rr or the configured scheduler's); "
             f"load them with `modprobe ip_vs ip_vs_rr` or choose mode iptables or nftables ({err})") from None
@@ -80,33 +77,28 @@ class IpvsBackend:
             with open(f"/proc/sys/{key}", "w") as f:
                 f.write(value)
 
-    def _dummy(self, ipr) -> int:
-        found = ipr.link_lookup(ifname=DUMMY_DEVICE)
-        if not found:
-            ipr.link("add", ifname=DUMMY_DEVICE, kind="dummy")
-            found = ipr.link_lookup(ifname=DUMMY_DEVICE)
-        return found[0]
-
     def _sync_addresses(self, want: set[str], full: bool, remove: bool) -> None:
         """Bind service addresses to kube-ipvs0 (so the kernel takes them as local); with
         `remove`, unbind what is no longer wanted (after the virtual servers went)."""
-        from pyroute2 import IPRoute
-
-        fam = socket.AF_INET if self.family == 4 else socket.AF_INET6
         if not full and not remove and want <= self._bound:
             return
-        with IPRoute() as ipr:
-            index = self._dummy(ipr)
+        if remove and not (self._bound - want):
+            return
+        prefix = 32 if self.family == 4 else 128
+        with Netlink() as nl:
+            link = nl.link(DUMMY_DEVICE)
+            if link is None:  # kept down, as kube-proxy keeps it: its addresses are local all the same
+                nl.create_link(DUMMY_DEVICE, "dummy")
+                link = nl.link(DUMMY_DEVICE)
             if full:
-                self._bound = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=fam)}
+                self._bound = {str(i.ip) for i in nl.addresses(link.index) if i.version == self.family}
             if remove:
                 for ip in sorted(self._bound - want):
-                    ipr.addr("del", index=index, address=ip, prefixlen=32 if self.family == 4 else 128)
+                    nl.delete_address(link.index, ipaddress.ip_interface(f"{ip}/{prefix}"))
                     self._bound.discard(ip)
                 return
             for ip in sorted(want - self._bound):
-                ipr.addr("add", index=index, address=ip, prefixlen=32 if self.family == 4 else 128,
-                         **({} if self.family == 4 else {"flags": 0x02}))  # IFA_F_NODAD
+                nl.add_address(link.index, ipaddress.ip_interface(f"{ip}/{prefix}"))
                 self._bound.add(ip)
 
     def _sync_ipsets(self, ruleset: IpvsRuleset, full: bool) -> None:
@@ -156,73 +148,71 @@ class IpvsBackend:
         return address.version == self.family and not any(address in c for c in self.exclude)
 
     def _sync_ipvs(self, ruleset: IpvsRuleset, full: bool) -> tuple[int, int]:
-        from pyroute2 import IPVS
-
         want = ruleset.servers()
-        if full:
-            keys = None
-        else:
-            assert self._ports is not None
-            old, new = self._ports, ruleset.ports
-            changed = [k for k, p in new.items() if old.get(k) is not p] + [k for k in old if k not in new]
-            keys = {vs.key for k in changed for p in (old.get(k), new.get(k)) if p for vs in p.servers}
-        written = deleted = 0
-        with IPVS() as ipvs:
+        with IpvsSocket() as ipvs:
             self._reap(ipvs)
-            live = _dump(ipvs, keys)
-            for key, vs in want.items():
-                if keys is not None and key not in keys:
+            if full:
+                live = _live(ipvs, None)
+                keys = set(want) | {k for k, (svc, _) in live.items() if self._ours(svc.ip)}
+            else:
+                assert self._ports is not None
+                old, new = self._ports, ruleset.ports
+                changed = [k for k, p in new.items() if old.get(k) is not p] + [k for k in old if k not in new]
+                keys = {vs.key for k in changed for p in (old.get(k), new.get(k)) if p for vs in p.servers}
+                live = _live(ipvs, keys)
+            changes: list[tuple[int, Service, Dest | None]] = []
+            for key in sorted(keys):
+                vs, have = want.get(key), live.get(key)
+                if vs is None:
+                    if have is not None:
+                        changes.append((DEL_SERVICE, have[0], None))
+                        for t in [t for t in self.terminating if t[0] == key]:
+                            del self.terminating[t]
                     continue
-                have = live.get(key)
+                service = Service(vs.protocol, vs.ip, vs.port, vs.scheduler, vs.timeout)
                 if have is None:
-                    ipvs.service("add", service=_service(vs))
-                    reals: dict[RealServer, tuple[int, int]] = {}
-                    written += 1
-                elif (have[0].scheduler, have[0].timeout) != (vs.scheduler, vs.timeout):
-                    ipvs.service("set", service=_service(vs))
-                    reals = have[1]
-                    written += 1
+                    changes.append((NEW_SERVICE, service, None))
+                    reals: dict[RealServer, Dest] = {}
                 else:
+                    if (have[0].scheduler, have[0].timeout) != (vs.scheduler, vs.timeout):
+                        changes.append((SET_SERVICE, service, None))
                     reals = have[1]
                 for rs in vs.reals:
-                    if rs not in reals:
-                        ipvs.dest("add", service=_service(vs), dest=_dest(rs, 1))
-                        written += 1
-                    elif reals[rs][0] != 1 or (key, rs) in self.terminating:
-                        ipvs.dest("set", service=_service(vs), dest=_dest(rs, 1))  # back from quiescing
+                    dest = reals.get(rs)
+                    if dest is None:
+                        changes.append((NEW_DEST, service, Dest(rs.ip, rs.port, 1)))
+                    elif dest.weight != 1:  # back from quiescing
+                        changes.append((SET_DEST, service, Dest(rs.ip, rs.port, 1)))
                         self.terminating.pop((key, rs), None)
-                        written += 1
-                for rs, (weight, conns) in reals.items():
-                    if rs in vs.reals:
+                wanted = set(vs.reals)
+                for rs, dest in reals.items():
+                    if rs in wanted:
                         continue
-                    if vs.protocol == "TCP" and conns:
-                        if weight or (key, rs) not in self.terminating:
-                            ipvs.dest("set", service=_service(vs), dest=_dest(rs, 0))
-                            self.terminating.setdefault((key, rs), time.monotonic())
+                    if vs.protocol == "TCP" and dest.connections:
+                        if dest.weight:
+                            changes.append((SET_DEST, service, Dest(rs.ip, rs.port, 0)))
+                        self.terminating.setdefault((key, rs), time.monotonic())
                     else:
-                        ipvs.dest("del", service=_service(vs), dest=_dest(rs, 0))
+                        changes.append((DEL_DEST, service, Dest(rs.ip, rs.port, 0)))
                         self.terminating.pop((key, rs), None)
-                        deleted += 1
-            for key, (vs, _) in live.items():
-                if key not in want and self._ours(vs.ip):
-                    ipvs.service("del", service=_service(vs))
-                    for rs_key in [t for t in self.terminating if t[0] == key]:
-                        del self.terminating[rs_key]
-                    deleted += 1
-        return written, deleted
+            ipvs.apply(changes)
+        written = sum(1 for c in changes if c[0] in (NEW_SERVICE, SET_SERVICE, NEW_DEST, SET_DEST))
+        return written, len(changes) - written
 
-    def _reap(self, ipvs) -> None:
+    def _reap(self, ipvs: IpvsSocket) -> None:
         """Delete quiesced real servers that no longer carry a connection."""
         if not self.terminating:
             return
-        live = _dump(ipvs, {key for key, _ in self.terminating})
+        live = _live(ipvs, {key for key, _ in self.terminating})
+        changes = []
         for key, rs in list(self.terminating):
             have = live.get(key)
             if have is None or rs not in have[1]:
                 del self.terminating[(key, rs)]
-            elif have[1][rs][1] == 0:
-                ipvs.dest("del", service=_service(have[0]), dest=_dest(rs, 0))
+            elif have[1][rs].connections == 0:
+                changes.append((DEL_DEST, have[0], Dest(rs.ip, rs.port, 0)))
                 del self.terminating[(key, rs)]
+        ipvs.apply(changes)
 
     # -- syncs ------------------------------------------------------------------------------------
 
@@ -249,10 +239,8 @@ class IpvsBackend:
 
     def reap(self) -> None:
         """Between syncs: finish graceful terminations whose connections are gone."""
-        from pyroute2 import IPVS
-
         if self.terminating:
-            with IPVS() as ipvs:
+            with IpvsSocket() as ipvs:
                 self._reap(ipvs)
 
     def cleanup(self, keep_shared_chains: bool = False) -> int:
@@ -261,17 +249,14 @@ class IpvsBackend:
         has rewritten them by then)."""
         removed = 0
         if os.path.exists("/proc/net/ip_vs"):
-            from pyroute2 import IPVS
-            with IPVS() as ipvs:
-                for vs, _ in _dump(ipvs, None).values():
-                    if self._ours(vs.ip):
-                        ipvs.service("del", service=_service(vs))
-                        removed += 1
-        from pyroute2 import IPRoute
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=DUMMY_DEVICE)
-            if found:
-                ipr.link("del", index=found[0])
+            with IpvsSocket() as ipvs:
+                ours = [(DEL_SERVICE, svc, None) for svc in ipvs.services() if self._ours(svc.ip)]
+                ipvs.apply(ours)
+                removed += len(ours)
+        with Netlink() as nl:
+            link = nl.link(DUMMY_DEVICE)
+            if link is not None:
+                nl.delete_link(link.index)
                 removed += 1
         live = self.iptables.save("nat", "filter")
         parts = []
@@ -317,53 +302,10 @@ def _live_sets(names: set[str]) -> dict[str, set[str]]:
     return out
 
 
-def _service(vs: VirtualServer):
-    from pyroute2 import IPVSService
-
-    v6 = ":" in vs.ip
-    return IPVSService(addr=vs.ip, port=vs.port, protocol=PROTOCOLS[vs.protocol], sched_name=vs.scheduler,
-                       timeout=vs.timeout, flags={"flags": PERSISTENT if vs.timeout else 0, "mask": 0xFFFF},
-                       netmask="0.0.0.128" if v6 else "255.255.255.255")  # a be32 prefix length for IPv6
-
-
-def _dest(rs: RealServer, weight: int):
-    from pyroute2 import IPVSDest
-
-    return IPVSDest(addr=rs.ip, port=rs.port, fwd_method=FWD_MASQ, weight=weight)
-
-
-def _dump(ipvs, keys) -> dict[tuple[str, str, int], tuple[VirtualServer, dict[RealServer, tuple[int, int]]]]:
-    """Live virtual servers (all, or those in `keys`) with each real server's (weight, connections)."""
-    out = {}
-    if keys is not None and len(keys) < 64:
-        messages = []
-        for proto, ip, port in keys:
-            try:
-                messages += ipvs.service("get", service=_service(VirtualServer(proto, ip, port, "rr", 0, ())))
-            except Exception as err:  # noqa: BLE001 - a missing service is ENOENT from the kernel
-                if getattr(err, "code", None) not in (2, 3):
-                    raise
+def _live(ipvs: IpvsSocket, keys) -> dict[tuple[str, str, int], tuple[Service, dict[RealServer, Dest]]]:
+    """Live virtual servers (all, or those in `keys`) with their real servers."""
+    if keys is not None and len(keys) <= 64:  # a few: ask for each one
+        services = [svc for svc in (ipvs.service(Service(*key)) for key in keys) if svc is not None]
     else:
-        messages = list(ipvs.service("dump"))
-    for msg in messages:
-        attrs = msg.get_attr("IPVS_CMD_ATTR_SERVICE")
-        ip = attrs.get_attr("IPVS_SVC_ATTR_ADDR")
-        proto = PROTOCOL_NAMES.get(attrs.get_attr("IPVS_SVC_ATTR_PROTOCOL"))
-        if ip is None or proto is None:
-            continue  # fwmark services are not ours
-        key = (proto, ip, attrs.get_attr("IPVS_SVC_ATTR_PORT"))
-        if keys is not None and key not in keys:
-            continue
-        timeout = attrs.get_attr("IPVS_SVC_ATTR_TIMEOUT") or 0
-        flags = attrs.get_attr("IPVS_SVC_ATTR_FLAGS")
-        if flags is not None and not flags["flags"] & PERSISTENT:
-            timeout = 0
-        vs = VirtualServer(proto, ip, key[2], attrs.get_attr("IPVS_SVC_ATTR_SCHED_NAME"), timeout, ())
-        reals = {}
-        for dmsg in ipvs.dest("dump", service=_service(vs)):
-            d = dmsg.get_attr("IPVS_CMD_ATTR_DEST")
-            rs = RealServer(d.get_attr("IPVS_DEST_ATTR_ADDR"), d.get_attr("IPVS_DEST_ATTR_PORT"))
-            conns = (d.get_attr("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0) + (d.get_attr("IPVS_DEST_ATTR_INACT_CONNS") or 0)
-            reals[rs] = (d.get_attr("IPVS_DEST_ATTR_WEIGHT"), conns)
-        out[key] = (vs, reals)
-    return out
+        services = [s for s in ipvs.services() if keys is None or (s.protocol, s.ip, s.port) in keys]
+    return {(s.protocol, s.ip, s.port): (s, {RealServer(d.ip, d.port): d for d in ipvs.dests(s)}) for s in services}

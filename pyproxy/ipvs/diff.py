@@ -9,39 +9,30 @@ the ipsets they name) into a private namespace made for the purpose, as the ipta
 from __future__ import annotations
 
 import difflib
-import socket
 import subprocess
 import uuid
 
 from .. import netns
+from ..cni.netlink import Netlink
 from ..iptables.apply import IptablesBackend
-from .apply import _dump, _live_sets
-from .render import DUMMY_DEVICE, IpvsRuleset, RealServer, VirtualServer
-from .apply import IpvsBackend, ensure_ip_vs
+from .apply import IpvsBackend, _live, _live_sets, ensure_ip_vs
+from .netlink import IpvsSocket
+from .render import DUMMY_DEVICE, IpvsRuleset, VirtualServer
 
 
 def live_servers() -> list[str]:
-    from pyroute2 import IPVS
-
-    with IPVS() as ipvs:
-        dumped = _dump(ipvs, None)
+    with IpvsSocket() as ipvs:
+        dumped = _live(ipvs, None)
     lines = []
-    for vs, reals in dumped.values():
-        full = VirtualServer(vs.protocol, vs.ip, vs.port, vs.scheduler, vs.timeout,
-                             tuple(RealServer(r.ip, r.port) for r in reals))
-        lines += full.save_lines()
+    for svc, reals in dumped.values():
+        lines += VirtualServer(svc.protocol, svc.ip, svc.port, svc.scheduler, svc.timeout, tuple(reals)).save_lines()
     return lines
 
 
 def live_addresses(family: int) -> list[str]:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=DUMMY_DEVICE)
-        if not found:
-            return []
-        fam = socket.AF_INET if family == 4 else socket.AF_INET6
-        return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0], family=fam)]
+    with Netlink() as nl:
+        link = nl.link(DUMMY_DEVICE)
+        return [str(i.ip) for i in nl.addresses(link.index) if i.version == family] if link else []
 
 
 def chain_rules(backend: IptablesBackend, chains: dict[str, set[str]]) -> list[str]:
