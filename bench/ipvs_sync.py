@@ -15,42 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from benchutil import ns_add, ns_del, peak_rss_mb  # noqa: E402
-from iptables_sync import NODE, make_cluster  # noqa: E402
-from nftables_sync import CONFIG, change_one  # noqa: E402
-
-
-def measure(mode: str, n: int) -> dict:
-    from pyproxy import netns
-    from pyproxy.config import ProxyConfig
-    from pyproxy.proxier import Proxier
-
-    cluster = make_cluster(n)
-    ns = ns_add()
-    try:
-        with netns.entered(ns):
-            proxier = Proxier(NODE, ProxyConfig(mode=mode, iptables_variant="legacy", **CONFIG))
-            start = time.perf_counter()
-            proxier.sync(cluster, full=True)
-            full = time.perf_counter() - start
-            changes = []
-            for k in range(5):
-                change_one(cluster, k, n)
-                start = time.perf_counter()
-                report = proxier.sync(cluster)
-                changes.append(time.perf_counter() - start)
-                assert not report.results[4].full
-    finally:
-        ns_del(ns)
-    return {"mode": mode, "services": n, "full_s": full, "change_s": statistics.median(changes),
-            "peak_rss_mb": peak_rss_mb()}
+from nftables_sync import measure  # noqa: E402  (through the Proxier, as the daemon syncs)
 
 
 def in_guest(sizes: list[int]) -> None:
@@ -85,7 +55,7 @@ def main() -> None:
     status, console = qemu.run([sys.executable, __file__, "--guest", "--sizes", args.sizes], args.cpus, args.memory,
                                timeout=7200, echo=lambda line: line.startswith(("ROW", "ipvs", "iptables")) and
                                print(line, file=sys.stderr, flush=True))
-    rows = [json.loads(line[4:]) for line in console.splitlines() if line.startswith("ROW ")]
+    rows = [json.loads(line.split("ROW ", 1)[1]) for line in console.splitlines() if "ROW " in line]
     print("in a qemu guest (TCG), Debian kernel; ratios are to iptables-legacy in the same guest")
     print(f"{'backend':10}{'services':>9}{'full sync s':>13}{'one change ms':>15}{'peak RSS MB':>13}")
     for r in rows:

@@ -48,10 +48,10 @@ def change_one(cluster, k: int, n: int) -> None:
 def measure(mode: str, n: int) -> dict:
     """Through the Proxier, as the daemon syncs (GC paused, conntrack cleanup, other mode cleaned)."""
     cluster = make_cluster(n)
-    proxier = Proxier(NODE, ProxyConfig(mode=mode, iptables_variant="legacy", **CONFIG))
     ns = ns_add()
     try:
-        with netns.entered(ns):
+        with netns.entered(ns):  # the Proxier sets sysctls (route_localnet) where it is made
+            proxier = Proxier(NODE, ProxyConfig(mode=mode, iptables_variant="legacy", **CONFIG))
             start = time.perf_counter()
             proxier.sync(cluster, full=True)
             full = time.perf_counter() - start

@@ -262,13 +262,22 @@ def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dpor
     from .iptables.trace import Packet, Tracer
 
     config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
-    if config.mode != "iptables":
-        click.echo("error: trace follows iptables rules only, so far; use --backend iptables", err=True)
+    if config.mode == "ipvs":
+        click.echo("error: trace follows iptables and nftables rules; IPVS scheduling is the kernel's "
+                   "(see `pyproxy dump --backend ipvs`)", err=True)
         sys.exit(2)
     view, ruleset = _ruleset(config, cluster, node, family)
     node_ips = [str(ip) for ip in view.node_ips_of(int(family))]
     local_origin = local_origin or src in node_ips
-    outcomes = Tracer(ruleset, node_ips).trace(Packet(src, dst, dport, proto, in_iface, local_origin))
+    if config.mode == "nftables":
+        from .iptables.render import node_port_ips
+        from .nftables.trace import NftTracer
+
+        chosen = [str(ip) for ip in node_port_ips(view, config, int(family))] if config.node_port_addresses else None
+        tracer = NftTracer(ruleset, node_ips, chosen)
+    else:
+        tracer = Tracer(ruleset, node_ips)
+    outcomes = tracer.trace(Packet(src, dst, dport, proto, in_iface, local_origin))
     if output == "json":
         _print({"packet": {"src": src, "dst": dst, "dport": dport, "proto": proto, "localOrigin": local_origin},
                 "outcomes": [o.to_json() for o in outcomes]}, "json")

@@ -48,7 +48,9 @@ class NftablesBackend:
         `nft list tables` fetches every element (3 s at 10,000 services). A table someone
         deleted makes the partial transaction fail, and a failure makes the next sync full."""
         start = time.monotonic()
-        full = full or self._services is None
+        # the fixed part (node port addresses, masquerade mark...) changes only by a whole reload
+        full = full or self._services is None or (self.last_ruleset is not None and
+                                                  self.last_ruleset.static != ruleset.static)
         try:
             if full:
                 script = ruleset.script()

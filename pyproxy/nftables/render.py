@@ -17,7 +17,9 @@ anonymous verdict map, which is what makes large rulesets load for minutes. Here
 * hairpin (a pod reaching itself through its service) is one set, `hairpin`, of `ip . ip` pairs,
   matched in postrouting after DNAT;
 * only services with ClientIP affinity get per-endpoint chains and timed sets (upstream's shape),
-  since affinity must remember the endpoint chosen per client.
+  since affinity must remember the endpoint chosen per client;
+* the node's own connections meet `service-endpoints-check` after DNAT (filter-output-post-dnat),
+  so they short-circuit to an eTP=Local service's endpoints like pods do, as in iptables mode.
 
 Blocks are allocated by the renderer and kept while a service's endpoint count fits, so a changed
 endpoint is a changed map element, not a new chain.
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 
 from ..backend import PortMemo
 from ..config import ProxyConfig
-from ..iptables.render import port_proto_hash
+from ..iptables.render import node_port_ips, port_proto_hash
 from ..view import NodeView, ServicePortView, local_traffic_match
 
 TABLE = "kube-proxy"
@@ -95,14 +97,17 @@ def static_part(config: ProxyConfig, view: NodeView, family: int) -> str:
     ip, addr = ("ip", "ipv4_addr") if family == 4 else ("ip6", "ipv6_addr")
     mark = config.masquerade_mark
     loopback = "127.0.0.0/8" if family == 4 else "::1"
+    nodeport_ips = ""
     if config.node_port_addresses:
         nodeport_match = f"{ip} daddr @nodeport-ips"
+        chosen = node_port_ips(view, config, family)
+        nodeport_ips = f" elements = {{ {', '.join(map(str, chosen))} }};" if chosen else ""
     else:
         nodeport_match = f"fib daddr type local {ip} daddr != {loopback}"
     return "\n".join([
         '\tcomment "rules for pyproxy (kube-proxy nftables layout, endpoints in one map)"',
         f'\tset cluster-ips {{ type {addr}; comment "Active ClusterIPs"; }}',
-        f"\tset nodeport-ips {{ type {addr}; }}",
+        f"\tset nodeport-ips {{ type {addr};{nodeport_ips} }}",
         f"\tset hairpin {{ type {addr} . {addr}; }}",
         f"\tmap service-ips {{ type {addr} . inet_proto . inet_service : verdict; }}",
         "\tmap service-nodeports { type inet_proto . inet_service : verdict; }",
@@ -117,9 +122,11 @@ def static_part(config: ProxyConfig, view: NodeView, family: int) -> str:
         "\tchain filter-forward { type filter hook forward priority -110; policy accept; "
         "ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }",
         "\tchain filter-output { type filter hook output priority -110; policy accept; "
-        "ct state new jump service-endpoints-check; ct state new jump firewall-check; }",
+        "ct state new jump firewall-check; }",
+        # after DNAT (upstream checks before it, which drops the node's own connections to an
+        # eTP=Local external address without local endpoints instead of short-circuiting them)
         "\tchain filter-output-post-dnat { type filter hook output priority -90; policy accept; "
-        "ct state new jump cluster-ips-check; }",
+        "ct state new jump service-endpoints-check; ct state new jump cluster-ips-check; }",
         "\tchain nat-prerouting { type nat hook prerouting priority -100; policy accept; jump services; }",
         "\tchain nat-output { type nat hook output priority -100; policy accept; jump services; }",
         "\tchain nat-postrouting { type nat hook postrouting priority 100; policy accept; "

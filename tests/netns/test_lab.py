@@ -1,7 +1,9 @@
 """The namespace lab: real pods attached by pyproxy-bridge, real TCP and UDP between them."""
 
 import itertools
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +17,8 @@ SPEC = {
     "pods": [{"name": "a1", "node": "n1"}, {"name": "a2", "node": "n1"},
              {"name": "b1", "node": "n2"}, {"name": "b2", "node": "n2"}],
 }
+
+PYPROXY = os.path.join(os.path.dirname(sys.executable), "pyproxy")  # the venv's, not whatever PATH has
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +61,8 @@ def test_a_second_up_is_refused_and_down_cleans_a_crashed_lab(lab):
 
 
 def test_cli_status_and_exec(lab):
-    status = subprocess.run(["pyproxy", "lab", "status", "--name", "t-lab", "-o", "json"], capture_output=True, text=True)
+    status = subprocess.run([PYPROXY, "lab", "status", "--name", "t-lab", "-o", "json"], capture_output=True, text=True)
     assert status.returncode == 0 and '"a1"' in status.stdout
-    out = subprocess.run(["pyproxy", "lab", "exec", "--name", "t-lab", "a1", "--", "ip", "-4", "-o", "addr", "show", "eth0"],
+    out = subprocess.run([PYPROXY, "lab", "exec", "--name", "t-lab", "a1", "--", "ip", "-4", "-o", "addr", "show", "eth0"],
                          capture_output=True, text=True)
     assert "10.244.1.2/24" in out.stdout

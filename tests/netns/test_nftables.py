@@ -107,7 +107,8 @@ def test_element_only_changes_sent_over_netlink_match_a_full_load(namespaces):
     from pyproxy.proxier import Proxier
 
     ns = namespaces.new("node")
-    proxier = Proxier("n1", ProxyConfig(mode="nftables"), families=(4, 6))
+    with netns.entered(ns):  # the Proxier sets sysctls where it is made
+        proxier = Proxier("n1", ProxyConfig(mode="nftables"), families=(4, 6))
     nodeport = {"type": "NodePort", "externalIPs": ["192.0.2.7"]}
     objects = [_service("a", ["10.96.0.1", "fd00:96::1"], **nodeport), _service("b", ["10.96.0.2"], protocol="UDP"),
                _slice("a", 4, ["10.244.1.2", "10.244.1.3"]), _slice("a", 6, ["fd00:244::2", "fd00:244::3"]),

@@ -173,6 +173,7 @@ def test_external_traffic_policy_local(env):
     # pods short-circuit to any endpoint, even through a node without a local one
     assert lab.request("client-1", node_ip(lab, "n1"), 30081).pod == "solo"
     assert lab.request("client-1", EXTERNAL_IP, 80).pod == "solo"
+    assert lab.request("n1", EXTERNAL_IP, 80).pod == "solo", "so does the node itself"
 
 
 def test_internal_traffic_policy_local(env):

@@ -58,3 +58,34 @@ def test_trace_lists_the_rules_that_decided(tracer):
     (outcome,) = tracer.trace(Packet("10.0.0.2", "172.30.0.46", 80))
     assert outcome.rules[-1].endswith("--dport 80 -j REJECT")
     assert "ns6/svc6:p80 has no endpoints" in outcome.rules[-1]
+
+
+# The nftables tracer walks the same cluster rendered for the nftables backend: same outcomes,
+# except where kube-proxy's nftables mode itself differs (it rejects unknown cluster-IP ports).
+NFT_DIFFERENCES = {"wrong port on a cluster IP: not ours": {"REJECT": 1}}
+
+
+@pytest.fixture(scope="module")
+def nft_tracer():
+    from pyproxy.nftables.render import render as render_nft
+    from pyproxy.nftables.trace import NftTracer
+
+    with open(GOLDEN) as f:
+        cluster = parse_objects(yaml.safe_load_all(f))
+    config = parse_config({"clusterCIDR": "10.0.0.0/8", "mode": "nftables"})
+    return NftTracer(render_nft(build_view(cluster, "test-node"), config), [NODE_IP])
+
+
+@pytest.mark.parametrize("case, packet, expected", PACKETS, ids=[c[0] for c in PACKETS])
+def test_nftables_trace_verdicts_match_iptables(nft_tracer, case, packet, expected):
+    outcomes = nft_tracer.trace(packet)
+    got = {o.describe(): round(o.probability, 6) for o in outcomes}
+    assert got == NFT_DIFFERENCES.get(case, expected)
+
+
+def test_nftables_trace_lists_the_rules_that_decided(nft_tracer):
+    (outcome,) = nft_tracer.trace(Packet("10.0.0.2", "172.30.0.46", 80))
+    assert outcome.rules == ["filter-forward: 172.30.0.46 . tcp . 80 vmap @no-endpoint-services -> goto reject-chain",
+                             "reject-chain: reject"]
+    (sticky,) = nft_tracer.trace(Packet("10.0.0.2", "172.30.0.45", 80))
+    assert sticky.packet.dnat == ("10.180.0.3", 80) and any("update @affinity-" in r for r in sticky.rules)

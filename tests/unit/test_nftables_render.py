@@ -86,3 +86,22 @@ def test_partial_sync_changes_only_elements_and_keeps_shared_ones():
     assert "add element ip kube-proxy endpoints-tcp-0 { 4 : 10.244.1.3 . 8080 }" in moved or \
            "endpoints-tcp-0 {" in moved and "10.244.1.3 . 8080" in moved
     assert "delete element ip kube-proxy hairpin { 10.244.1.2 . 10.244.1.2 }" in moved
+
+
+def test_node_port_addresses_fill_the_nodeport_ips_set_and_a_change_reloads_the_table():
+    from pyproxy.config import parse_config
+
+    def node(*ips):
+        return {"kind": "Node", "metadata": {"name": "n1"},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip} for ip in ips]}}
+
+    config = parse_config({"mode": "nftables", "nodePortAddresses": ["172.18.0.0/24"]})
+    renderer, backend = NftRenderer(config), Recorder()
+    objs = [svc("np", "10.96.0.1", type="NodePort"), eps("np", "10.244.1.2")]
+    backend.sync(renderer.render(build_view(parse_objects([*objs, node("172.18.0.11", "192.0.2.1")]), "n1"), 4), True)
+    script = backend.scripts[-1]
+    assert "set nodeport-ips { type ipv4_addr; elements = { 172.18.0.11 }; }" in script
+    assert "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports" in script
+    backend.sync(renderer.render(build_view(parse_objects([*objs, node("172.18.0.12")]), "n1"), 4))
+    assert backend.scripts[-1].startswith("add table ip kube-proxy"), "a new node address reloads the whole table"
+    assert "elements = { 172.18.0.12 }" in backend.scripts[-1]

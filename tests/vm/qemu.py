@@ -143,6 +143,7 @@ def guest_script(command: list[str], root: str, release: str, env: dict[str, str
     os.chmod(modprobe, 0o755)
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     return (
+        "echo\n"  # the command's output starts on a line of its own, after the firmware's escape codes
         "echo 1 > /proc/sys/kernel/sysrq\n"
         f"echo {modprobe} > /proc/sys/kernel/modprobe\n"
         f"{modprobe} -a {' '.join(GUEST_MODULES)}\n"
