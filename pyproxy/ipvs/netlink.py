@@ -59,7 +59,7 @@ class Service(NamedTuple):
         return (self.key_attrs() + attr(SVC_SCHED, self.scheduler.encode() + b"\0")
                 + attr(SVC_FLAGS, struct.pack("=II", flags, 0xFFFFFFFF))
                 + attr(SVC_TIMEOUT, struct.pack("=I", self.timeout))
-                + attr(SVC_NETMASK, struct.pack("!I", 128 if ":" in self.ip else 0xFFFFFFFF)))
+                + attr(SVC_NETMASK, struct.pack("=I", 128 if ":" in self.ip else 0xFFFFFFFF)))  # host order, despite the be32
 
 
 # what every real server carries besides its address, port and weight: NAT, no thresholds

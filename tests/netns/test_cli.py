@@ -130,3 +130,16 @@ def test_run_follows_the_manifests_file(tmp_path):
             proc.kill()
             proc.wait()
         lab.down()
+
+
+def test_ipvs_mode_on_a_kernel_without_ip_vs_stops_with_the_module_name(namespaces):
+    """This machine's kernel has no ip_vs (the IPVS suite itself runs in a qemu guest: tests/vm)."""
+    if os.path.exists("/proc/net/ip_vs"):
+        pytest.skip("this kernel has ip_vs")
+    ns = namespaces.new("node")
+    out = cli(ns, "run", "--once", "--backend", "ipvs", "-f", GOLDEN, "--node", "test-node")
+    assert out.returncode == 2
+    assert "IPVS mode needs the ip_vs kernel module" in out.stderr and "Traceback" not in out.stderr
+    assert save(ns, "legacy").count("KUBE-") == 0, "nothing was programmed"
+    dump = cli(None, "dump", "--backend", "ipvs", "-f", GOLDEN, "--node", "test-node")
+    assert dump.returncode == 0 and "-A -t 172.30.0.41:80 -s rr" in dump.stdout, "dump needs no kernel"

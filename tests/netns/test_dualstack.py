@@ -1,6 +1,7 @@
 """IPv6 and dual stack through the same code path: a dual-stack lab (pyproxy-bridge gives pods an
 address of each family), dual-stack Services, real packets over both families, with both iptables variants and nftables."""
 
+import os
 import time
 
 import pytest
@@ -16,12 +17,12 @@ SPEC = {"name": "t-ds", "ipv6": True,
                  {"name": "web-2", "node": "n2", "labels": {"app": "web"}}, {"name": "client", "node": "n1"}]}
 
 
-@pytest.fixture(scope="module", params=["legacy", "nft", "nftables"])
+@pytest.fixture(scope="module", params=["legacy", "nft", "nftables"] + (["ipvs"] if os.environ.get("PYPROXY_IN_VM") else []))
 def env(request):
     lab = Lab(parse_spec({**SPEC, "name": f"t-ds{request.param[:4]}"})).up()
     try:
-        mode = "nftables" if request.param == "nftables" else "iptables"
-        variant = "auto" if mode == "nftables" else request.param
+        mode = request.param if request.param in ("nftables", "ipvs") else "iptables"
+        variant = "auto" if mode != "iptables" else request.param
         config = ProxyConfig(mode=mode, cluster_cidrs=(lab.spec.cluster_cidr, LabSpec.CLUSTER_CIDR6),
                              iptables_variant=variant)
         yield lab, LabDataplane(lab, config)

@@ -3,12 +3,14 @@
 Every test programs the lab's nodes with its own set of Services (the previous test's services
 are removed by that sync, so partial syncs are exercised all along) and asserts what a user would
 see: which pod answered, the source address it saw, a refusal or a timeout. The whole module
-runs with iptables-legacy, iptables-nft and the nftables backend.
+runs with iptables-legacy, iptables-nft and the nftables backend, and in the qemu guest of
+tests/vm (which has ip_vs) with the IPVS backend as well.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import socket
 import time
 
@@ -38,12 +40,16 @@ EXTERNAL_IP = "172.18.100.10"  # routed by the external client to node n1
 LB_IP = "172.18.100.20"
 
 
-@pytest.fixture(scope="module", params=["legacy", "nft", "nftables"])
+# IPVS needs the ip_vs module: this suite runs with it in the qemu guest (tests/vm), which sets PYPROXY_IN_VM
+BACKENDS = ["legacy", "nft", "nftables"] + (["ipvs"] if os.environ.get("PYPROXY_IN_VM") else [])
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
 def env(request):
     lab = Lab(parse_spec({**SPEC, "name": f"t-{request.param[:5]}"})).up()
     try:
-        if request.param == "nftables":
-            config = ProxyConfig(mode="nftables", cluster_cidrs=(lab.spec.cluster_cidr,))
+        if request.param in ("nftables", "ipvs"):
+            config = ProxyConfig(mode=request.param, cluster_cidrs=(lab.spec.cluster_cidr,))
         else:
             config = ProxyConfig(cluster_cidrs=(lab.spec.cluster_cidr,), iptables_variant=request.param)
         dp = LabDataplane(lab, config)
@@ -283,6 +289,7 @@ def test_a_failed_restore_leaves_the_previous_rules(env):
     dp.apply([service("web", "solo")])
     proxier = dp.proxiers["n1"]
     backend = proxier.backends[4]
+    backend = getattr(backend, "iptables", backend)  # IPVS mode writes its chains with iptables-restore too
     tool = "restore_tool" if hasattr(backend, "restore_tool") else None
     real_tool = getattr(backend, "restore_tool", None)
     if tool:
@@ -292,7 +299,9 @@ def test_a_failed_restore_leaves_the_previous_rules(env):
     try:
         from pyproxy.iptables.apply import ApplyError
 
-        with netns.entered(lab.node_ns("n1")), pytest.raises((ApplyError, NftError)):
+        from pyproxy.ipvs.apply import IpvsError
+
+        with netns.entered(lab.node_ns("n1")), pytest.raises((ApplyError, NftError, IpvsError)):
             proxier.sync(parse_cluster(lab, [service("web", "web-nobody")]))
     finally:
         if tool:
