@@ -6,12 +6,15 @@ NodePort, real servers in NAT (masquerade) mode with weight 1, persistence for C
 service addresses bound to the dummy `kube-ipvs0`, the `KUBE-*` ipsets and the iptables chains
 that match them (masquerade, hairpin, NodePorts, source ranges, KUBE-IPVS-FILTER).
 
-Two departures, so that IPVS mode behaves like the other backends (DESIGN.md's checklist):
+Departures, so that IPVS mode behaves like the other backends (DESIGN.md's checklist):
 * a frontend with no endpoints is REJECTed (ipset KUBE-NO-ENDPOINTS, filter chain
   KUBE-SERVICES); kube-proxy's IPVS mode lets such packets reach the node's own stack;
+* a cluster IP with internalTrafficPolicy=Local and no endpoint on this node drops
+  (KUBE-NO-INTERNAL-ENDPOINTS);
 * an externalTrafficPolicy=Local frontend with no endpoint on this node drops traffic from
   outside (ipset KUBE-NO-LOCAL-ENDPOINTS); its virtual server keeps the cluster endpoints, as
-  kube-proxy does, so pods on this node still reach the service.
+  kube-proxy does, so pods on this node still reach the service;
+* the node's own connections to eTP=Local frontends are masqueraded, as iptables mode does.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ IPSETS = {
     "KUBE-IPVS-IPS": IpSetSpec("hash:ip", "IPVS virtual server IP addresses"),
     "KUBE-NO-ENDPOINTS": IpSetSpec("hash:ip,port", "pyproxy: service frontends without endpoints (rejected)"),
     "KUBE-NO-LOCAL-ENDPOINTS": IpSetSpec("hash:ip,port", "pyproxy: externalTrafficPolicy=Local frontends without local endpoints"),
+    "KUBE-NO-INTERNAL-ENDPOINTS": IpSetSpec("hash:ip,port", "pyproxy: internalTrafficPolicy=Local cluster IPs without local endpoints"),
 }
 
 
@@ -177,8 +181,10 @@ def render_port(sp: ServicePortView, config: ProxyConfig, view: NodeView) -> Por
     out.add("KUBE-CLUSTER-IP", f"{cip},{proto}:{sp.port}")
     out.servers.append(server(cip, sp.port, internal))
     out.bind.add(cip)
-    if not sp.has_internal_endpoints:
+    if not sp.has_endpoints:
         out.add("KUBE-NO-ENDPOINTS", f"{cip},{proto}:{sp.port}")
+    elif not sp.has_internal_endpoints:  # iTP=Local, endpoints elsewhere only: dropped, as iptables mode does
+        out.add("KUBE-NO-INTERNAL-ENDPOINTS", f"{cip},{proto}:{sp.port}")
 
     def external_frontend(ip: str, port: int) -> None:
         if not sp.has_endpoints:
@@ -279,6 +285,8 @@ def iptables_rules(config: ProxyConfig, view: NodeView, family: int, sets: dict[
     nat = ["*nat", *(f":{c} - [0:0]" for c in NAT_CHAINS)]
     flt = ["*filter", *(f":{c} - [0:0]" for c in FILTER_CHAINS)]
     nat.append(f"-A KUBE-SERVICES -s {'127.0.0.0/8' if family == 4 else '::1/128'} -j RETURN")
+    if any(used(b) for b in ("KUBE-NODE-PORT-LOCAL-TCP", "KUBE-NODE-PORT-LOCAL-UDP", "KUBE-NODE-PORT-LOCAL-SCTP-HASH")):
+        nat.append("-A KUBE-NODE-PORT -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ")  # pyproxy, as above
     for base, table, chain, match, target, proto in SET_RULES:
         if used(base):
             rule = (f"-A {chain}" + (f" -p {proto}" if proto else "")
@@ -293,6 +301,13 @@ def iptables_rules(config: ProxyConfig, view: NodeView, family: int, sets: dict[
             nat.append(f"{head} dst,dst {' '.join(local[1])} -j KUBE-MARK-MASQ")
         else:
             nat.append(f"{head} src,dst -j KUBE-MARK-MASQ")
+    # pyproxy: the node's own connections to eTP=Local frontends are masqueraded, as in iptables
+    # mode (their source would be the service address itself, which no endpoint can answer);
+    # before the external-IP ACCEPTs below, which end the chain
+    for base in ("KUBE-EXTERNAL-IP-LOCAL", "KUBE-LOAD-BALANCER-LOCAL"):
+        if used(base):
+            nat.append(f"-A KUBE-SERVICES -m set --match-set {name(base)} dst,dst -m addrtype --src-type LOCAL "
+                       "-j KUBE-MARK-MASQ")
     for base in ("KUBE-EXTERNAL-IP", "KUBE-EXTERNAL-IP-LOCAL"):
         if used(base):
             head = f"-A KUBE-SERVICES {comment(base)} -m set --match-set {name(base)} dst,dst"
@@ -323,6 +338,9 @@ def iptables_rules(config: ProxyConfig, view: NodeView, family: int, sets: dict[
     if used("KUBE-NO-ENDPOINTS"):
         flt.append(f"-A KUBE-SERVICES {comment('KUBE-NO-ENDPOINTS')} -m set --match-set {name('KUBE-NO-ENDPOINTS')} "
                    f"dst,dst -j REJECT {reject}")
+    if used("KUBE-NO-INTERNAL-ENDPOINTS"):
+        flt.append(f"-A KUBE-SERVICES {comment('KUBE-NO-INTERNAL-ENDPOINTS')} -m set --match-set "
+                   f"{name('KUBE-NO-INTERNAL-ENDPOINTS')} dst,dst -j DROP")
     if used("KUBE-NO-LOCAL-ENDPOINTS"):
         head = (f"-A KUBE-SERVICES {comment('KUBE-NO-LOCAL-ENDPOINTS')} -m set --match-set "
                 f"{name('KUBE-NO-LOCAL-ENDPOINTS')} dst,dst")
