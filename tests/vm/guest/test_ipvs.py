@@ -153,6 +153,18 @@ def test_graceful_termination_keeps_an_established_connection(env):
     held.close()
 
 
+def test_udp_real_servers_go_at_once(env):
+    lab, dp = env
+    udp = service({"app": "web"})
+    udp["spec"]["ports"][0]["protocol"] = "UDP"
+    dp.apply([udp])
+    assert {lab.request("client", CLUSTER_IP, 80, "udp", timeout=5).pod for _ in range(6)} == {"web-1", "web-2", "web-3"}
+    udp["spec"]["selector"] = {"tier": "a"}
+    dp.apply([udp])
+    assert set(ipvs_table(lab)[f"{CLUSTER_IP}:80"]) == {f"{lab.pods[p].ip}:80" for p in ("web-1", "web-2")}, \
+        "no quiescing for UDP: web-3's real server is deleted at once"
+
+
 def test_reconcile_changes_one_real_server_and_leaves_the_others(env):
     lab, dp = env
     dp.apply([service({"app": "web"})])
