@@ -106,7 +106,10 @@ def initramfs(root: str, release: str, script: str) -> bytes:
         "mkdir -p /newroot",
         "mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose,msize=512000,ro hostroot /newroot"
         " || { echo 'cannot mount the host root'; echo o > /proc/sysrq-trigger; }",
+        # tmpfs where tests write; a repository that lives under one of them is kept visible
+        f"mkdir -p /keep && mount --bind /newroot{shlex.quote(REPO)} /keep",
         "for d in tmp run var/tmp; do mount -t tmpfs tmpfs /newroot/$d; done",
+        f"mkdir -p /newroot{shlex.quote(REPO)} 2>/dev/null; mount --move /keep /newroot{shlex.quote(REPO)}",
         "mount -t proc proc /newroot/proc; mount -t sysfs sys /newroot/sys; mount -t devtmpfs dev /newroot/dev",
         "mkdir -p /newroot/dev/shm && mount -t tmpfs tmpfs /newroot/dev/shm",
         f"exec switch_root /newroot /bin/sh {shlex.quote(script)}",
@@ -116,7 +119,7 @@ def initramfs(root: str, release: str, script: str) -> bytes:
     # the kernel reads newc cpio archives; the cpio tool writes them
     staging = os.path.join(CACHE, f"initramfs-{uuid.uuid4().hex[:8]}")
     try:
-        for d in ("bin", "proc", "sys", "dev", "modules", "newroot"):
+        for d in ("bin", "proc", "sys", "dev", "modules", "newroot", "keep"):
             os.makedirs(os.path.join(staging, d))
         shutil.copy(busybox, os.path.join(staging, "bin", "busybox"))
         for m in modules:
