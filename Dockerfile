@@ -1,7 +1,7 @@
-# The image daemonset.yaml runs: pyproxy with the iptables, nftables, ipset and conntrack tools.
+# The image daemonset.yaml runs: pyproxy with the iptables, nftables, ipset, ipvsadm and conntrack tools.
 FROM debian:12-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv iptables nftables ipset conntrack iproute2 \
+ && apt-get install -y --no-install-recommends python3 python3-venv iptables nftables ipset ipvsadm conntrack iproute2 \
  && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md /src/
 COPY pyproxy /src/pyproxy
