@@ -22,10 +22,9 @@ import time
 from ..backend import SyncResult
 from ..cni.netlink import Netlink
 from ..iptables.apply import IptablesBackend, _target, missing_jumps
-from ..iptables.render import Jump, is_service_chain
+from ..iptables.render import CANARY, Jump, is_service_chain
 from .netlink import DEL_DEST, DEL_SERVICE, NEW_DEST, NEW_SERVICE, SET_DEST, SET_SERVICE, Dest, IpvsSocket, Service
 from .render import DUMMY_DEVICE, IPSETS, IpvsRuleset, PortIpvs, RealServer, set_name
-
 
 
 class IpvsError(RuntimeError):
@@ -124,10 +123,13 @@ class IpvsBackend:
         if not full and self._iptables == (ruleset.nat, ruleset.filter):
             return
         tables = {"nat": list(ruleset.nat[:-1]), "filter": list(ruleset.filter[:-1])}
+        extra: list[str] = []
         if full:
             jumps = [Jump(t, c, tuple(rule.rsplit(" -j ", 1)[0].split()), rule.rsplit(" -j ", 1)[1])
                      for t, c, rule in ruleset.jumps]
-            live = self.iptables.save("nat", "filter")
+            live = self.iptables.save("nat", "filter", "mangle")
+            if CANARY in live["mangle"].chains:  # iptables mode's canary goes too
+                extra = ["*mangle", f":{CANARY} - [0:0]", f"-X {CANARY}", "COMMIT"]
             for table, lines in tables.items():
                 state = live[table]
                 stale = sorted(c for c in state.chains if is_service_chain(c) or c in IPTABLES_MODE_CHAINS)
@@ -136,7 +138,7 @@ class IpvsBackend:
                 lines += [f":{c} - [0:0]" for c in stale] + missing_jumps(jumps, table, state)
                 lines += [f"-X {c}" for c in stale]
         try:
-            self.iptables.restore(tables["nat"] + ["COMMIT"] + tables["filter"] + ["COMMIT"])
+            self.iptables.restore(tables["nat"] + ["COMMIT"] + tables["filter"] + ["COMMIT"] + extra)
         except Exception as err:
             raise IpvsError(str(err)) from err
         self._iptables = (list(ruleset.nat), list(ruleset.filter))

@@ -232,7 +232,7 @@ def test_switching_between_ipvs_and_iptables_leaves_nothing_behind(env):
     def node_state():
         def run(*cmd):
             return subprocess.run(["ip", "netns", "exec", lab.node_ns("n1"), *cmd], capture_output=True, text=True).stdout
-        return run("ipvsadm-save", "-n"), run("ipset", "list", "-n"), run("iptables-save")
+        return run("ipvsadm-save", "-n"), run("ipset", "list", "-n"), run("iptables-save") + run("iptables-legacy-save")
 
     cidr = (lab.spec.cluster_cidr,)
     for mode in ("iptables", "ipvs"):
@@ -243,5 +243,6 @@ def test_switching_between_ipvs_and_iptables_leaves_nothing_behind(env):
             assert "KUBE-IPVS-FILTER" not in rules and "kube-ipvs0" not in subprocess.run(
                 ["ip", "-n", lab.node_ns("n1"), "link"], capture_output=True, text=True).stdout
         else:
-            assert "KUBE-SVC-" not in rules and "KUBE-NODEPORTS" not in rules, "no iptables-mode chain left behind"
+            assert not any(c in rules for c in ("KUBE-SVC-", "KUBE-NODEPORTS", "KUBE-PROXY-CANARY")), \
+                "no iptables-mode chain left behind"
         assert lab.request("client", CLUSTER_IP, 80, timeout=5).pod in ("web-1", "web-2", "web-3")
