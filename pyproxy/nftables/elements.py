@@ -21,6 +21,7 @@ from ..cni.netlink import _HDR, attr, nested
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
+SO_SNDBUFFORCE = 32
 NETLINK_CAP_ACK = 10  # socket option: errors echo only the header of a failed message
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
@@ -124,7 +125,8 @@ class ElementBatch:
         data = self.encode()
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, NETLINK_NETFILTER) as sock:
             sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(len(data) * 2, 1 << 20))
+            # the whole batch is one datagram: past net.core.wmem_max only SO_SNDBUFFORCE (root) fits it
+            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, max(len(data) * 2, 1 << 20))
             sock.bind((0, 0))
             sock.sendto(data, (0, 0))
             errors = []

@@ -140,3 +140,25 @@ def test_element_only_changes_sent_over_netlink_match_a_full_load(namespaces):
                                                       capture_output=True, text=True).stdout
         assert proxier.sync(parse_objects(objects)).results[4].full
         assert diff.diff(backend4.last_ruleset) == ""
+
+
+def test_a_large_element_only_change_fits_one_batch(namespaces):
+    """3,000 endpoints that all move: 12,000 element deletions and additions (endpoint map and
+    hairpin pairs), 24 messages of one nfnetlink transaction."""
+    from pyproxy.model import parse_objects
+    from pyproxy.nftables import diff
+    from pyproxy.proxier import Proxier
+
+    ns = namespaces.new("node")
+    with netns.entered(ns):
+        proxier = Proxier("n1", ProxyConfig(mode="nftables"))
+        def objects(base):
+            addresses = [f"10.{base}.{i // 250}.{i % 250 + 1}" for i in range(3000)]
+            return [_service("big", ["10.96.0.1"]), _slice("big", 4, addresses)]
+        proxier.sync(parse_objects(objects(200)), full=True)
+        report = proxier.sync(parse_objects(objects(201)))
+        assert not report.results[4].full
+        backend = proxier.backends[4]
+        assert diff.diff(backend.last_ruleset) == ""
+        live = subprocess.run(["nft", "list", "table", "ip", "kube-proxy"], capture_output=True, text=True).stdout
+        assert "10.201.11.250 . 8080" in live and "10.200.0.1 . 8080" not in live
