@@ -361,7 +361,8 @@ def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, ipta
 @main.command()
 @click.option("--iptables-variant", type=click.Choice(["auto", "legacy", "nft", "both"]), default="both",
               show_default=True)
-def cleanup(iptables_variant):
+@click.option("--nftables-table", default="kube-proxy", show_default=True, help="the nftables table to drop")
+def cleanup(iptables_variant, nftables_table):
     """Remove every rule, chain and table pyproxy installed (and nothing else), in this network namespace."""
     from .iptables.apply import ApplyError, IptablesBackend
     from .nftables.apply import NftablesBackend, NftError
@@ -375,7 +376,7 @@ def cleanup(iptables_variant):
             except (ApplyError, FileNotFoundError) as err:
                 click.echo(f"warning: {variant} ipv{family}: {err}", err=True)
         try:
-            tables += NftablesBackend(family).cleanup()
+            tables += NftablesBackend(family, nftables_table).cleanup()
         except (NftError, FileNotFoundError) as err:
             click.echo(f"warning: nftables ipv{family}: {err}", err=True)
     ipvs = 0

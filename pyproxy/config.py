@@ -44,6 +44,7 @@ class ProxyConfig:
     metrics_bind_address: str = "127.0.0.1:10249"
     hostname_override: str = ""
     iptables_variant: str = "auto"  # pyproxy: legacy, nft or auto (follow the host)
+    nftables_table: str = "kube-proxy"  # pyproxy: the nftables table's name (one per family)
     ipvs_scheduler: str = "rr"
     ipvs_strict_arp: bool = False
     ipvs_exclude_cidrs: tuple[IPNetwork, ...] = ()  # virtual servers in these are not ours to delete
@@ -189,6 +190,11 @@ def parse_config(raw: Any) -> ProxyConfig:
         if ours["iptablesVariant"] not in ("auto", "legacy", "nft"):
             raise ConfigError(f"pyproxy.iptablesVariant: must be auto, legacy or nft, got {ours['iptablesVariant']!r}")
         out["iptables_variant"] = ours["iptablesVariant"]
+    if ours.get("nftablesTable") is not None:
+        name = ours["nftablesTable"]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", name):
+            raise ConfigError(f"pyproxy.nftablesTable: a name of letters, digits, - and _, got {name!r}")
+        out["nftables_table"] = name
     return ProxyConfig(**out, warnings=tuple(warnings))
 
 

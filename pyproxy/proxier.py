@@ -50,8 +50,8 @@ class Proxier:
         self.renderer: NftRenderer | Renderer | IpvsRenderer
         self.backends: dict
         if self.nftables:
-            self.renderer = NftRenderer(config)
-            self.backends = {f: NftablesBackend(f) for f in families}
+            self.renderer = NftRenderer(config, config.nftables_table)
+            self.backends = {f: NftablesBackend(f, config.nftables_table) for f in families}
         elif self.mode == "ipvs":
             ensure_ip_vs()  # fail at start-up, naming the module, on a node without IPVS
             self.renderer = IpvsRenderer(config)
@@ -112,7 +112,7 @@ class Proxier:
         else:
             for family in self.backends:
                 try:
-                    NftablesBackend(family).cleanup()
+                    NftablesBackend(family, self.config.nftables_table).cleanup()
                 except (NftError, FileNotFoundError) as err:
                     log.warning("cleaning nftables rules: %s", err)
         self._other_mode_cleaned = True

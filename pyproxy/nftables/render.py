@@ -105,7 +105,7 @@ def static_part(config: ProxyConfig, view: NodeView, family: int) -> str:
     else:
         nodeport_match = f"fib daddr type local {ip} daddr != {loopback}"
     return "\n".join([
-        '\tcomment "rules for pyproxy (kube-proxy nftables layout, endpoints in one map)"',
+        '\tcomment "rules for pyproxy (the layout of kube-proxy nftables mode, endpoints in sharded maps)"',
         f'\tset cluster-ips {{ type {addr}; comment "Active ClusterIPs"; }}',
         f"\tset nodeport-ips {{ type {addr};{nodeport_ips} }}",
         f"\tset hairpin {{ type {addr} . {addr}; }}",
@@ -348,4 +348,4 @@ class NftRenderer:
 
 
 def render(view: NodeView, config: ProxyConfig, family: int = 4) -> NftRuleset:
-    return NftRenderer(config).render(view, family)
+    return NftRenderer(config, config.nftables_table).render(view, family)

@@ -1,6 +1,8 @@
 """nftables render and partial-sync scripts (pure: `nft` itself is not called here; the lab suite
 in tests/netns runs the same backend against the kernel)."""
 
+import pytest
+
 from pyproxy.config import ProxyConfig
 from pyproxy.model import parse_objects
 from pyproxy.nftables.apply import NftablesBackend
@@ -105,3 +107,18 @@ def test_node_port_addresses_fill_the_nodeport_ips_set_and_a_change_reloads_the_
     backend.sync(renderer.render(build_view(parse_objects([*objs, node("172.18.0.12")]), "n1"), 4))
     assert backend.scripts[-1].startswith("add table ip kube-proxy"), "a new node address reloads the whole table"
     assert "elements = { 172.18.0.12 }" in backend.scripts[-1]
+
+
+def test_the_table_name_is_configurable_and_every_write_names_it():
+    from pyproxy.config import ConfigError, parse_config
+
+    config = parse_config({"mode": "nftables", "pyproxy": {"nftablesTable": "pyproxy-lab"}})
+    renderer = NftRenderer(config, config.nftables_table)
+    backend = Recorder()
+    backend.table = config.nftables_table
+    objs = [svc("a", "10.96.0.1"), eps("a", "10.244.1.2")]
+    backend.sync(renderer.render(build_view(parse_objects(objs), "n1"), 4), True)
+    assert backend.scripts[-1].startswith("add table ip pyproxy-lab\ndelete table ip pyproxy-lab\ntable ip pyproxy-lab {")
+    assert "ip kube-proxy" not in backend.scripts[-1] and "add element ip pyproxy-lab service-ips" in backend.scripts[-1]
+    with pytest.raises(ConfigError, match="pyproxy.nftablesTable"):
+        parse_config({"pyproxy": {"nftablesTable": "bad name"}})
