@@ -273,33 +273,76 @@ def build_view(cluster: Cluster, node_name: str, proxy_name: str = "",
 class ViewBuilder:
     """build_view with a memo: a service whose Service and EndpointSlice objects are the very same
     objects as last time (sources replace only what changed) keeps its ServicePortViews, so a
-    one-endpoint change costs one service's work, not the cluster's. Still pure: the memo only
-    ever returns what the computation would."""
+    one-endpoint change costs one service's work, not the cluster's. The slices are grouped by
+    service incrementally and the sorted service keys kept while the key set stands, so the rest
+    of a build is a walk of identity checks. Still pure: the memo only ever returns what the
+    computation would."""
 
     def __init__(self, node_name: str, proxy_name: str = "") -> None:
         self.node_name = node_name
         self.proxy_name = proxy_name
-        self._memo: dict[str, tuple[Service, tuple[EndpointSlice, ...], list[ServicePortView]]] = {}
         self._node: Node | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._memo: dict[str, tuple[Service, list[ServicePortView]]] = {}
+        self._slices: dict[str, EndpointSlice] = {}  # a copy of the last build's slices
+        self._members: dict[str, set[str]] = {}  # service key -> its slices' keys
+        self._groups: dict[str, tuple[EndpointSlice, ...]] = {}  # service key -> slices, by slice key
+        self._keys: list[str] = []
+        self._key_set: set[str] = set()
+
+    def _regroup(self, slices: dict[str, EndpointSlice]) -> set[str]:
+        """Bring the per-service slice groups up to date; return the services whose group changed."""
+        prev = self._slices
+        touched: set[str] = set()
+        moved: list[tuple[str, EndpointSlice | None, EndpointSlice | None]] = []
+        for key, s in slices.items():
+            old = prev.get(key)
+            if old is not s:
+                moved.append((key, old, s))
+        for key in prev.keys() - slices.keys():
+            moved.append((key, prev[key], None))
+        for key, old, new in moved:
+            if old is not None:
+                touched.add(old.service_key)
+                self._members.get(old.service_key, set()).discard(key)
+            if new is not None:
+                touched.add(new.service_key)
+                self._members.setdefault(new.service_key, set()).add(key)
+        if moved:
+            self._slices = dict(slices)
+            for service in touched:
+                members = self._members.get(service)
+                if members:
+                    self._groups[service] = tuple(slices[k] for k in sorted(members))  # a stable order
+                else:
+                    self._groups.pop(service, None)
+                    self._members.pop(service, None)
+        return touched
 
     def build(self, cluster: Cluster, local_addresses: Iterable[IPAddress] = ()) -> NodeView:
         node = cluster.nodes.get(self.node_name)
         if node != self._node:  # topology and locality depend on the node: start over
-            self._memo, self._node = {}, node
-        by_service = cluster.slices_by_service()
-        memo: dict[str, tuple[Service, tuple[EndpointSlice, ...], list[ServicePortView]]] = {}
+            self._node = node
+            self._reset()
+        touched = self._regroup(cluster.slices)
+        if cluster.services.keys() != self._key_set:
+            self._key_set = set(cluster.services)
+            self._keys = sorted(self._key_set)
+        memo: dict[str, tuple[Service, list[ServicePortView]]] = {}
         ports: list[ServicePortView] = []
-        for key in sorted(cluster.services):
+        for key in self._keys:
             svc = cluster.services[key]
-            if not is_proxied(svc, self.proxy_name):
-                continue
-            slices = tuple(by_service.get(key, ()))
             old = self._memo.get(key)
-            if old and old[0] is svc and len(old[1]) == len(slices) and all(a is b for a, b in zip(old[1], slices)):
-                views = old[2]
+            if old is not None and old[0] is svc and key not in touched:
+                views = old[1]
+            elif not is_proxied(svc, self.proxy_name):
+                views = []
             else:
-                views = sorted(service_port_views(svc, slices, node, self.node_name), key=lambda p: p.key)
-            memo[key] = (svc, slices, views)
+                views = sorted(service_port_views(svc, self._groups.get(key, ()), node, self.node_name),
+                               key=lambda p: p.key)
+            memo[key] = (svc, views)
             ports.extend(views)
         self._memo = memo
         return NodeView(self.node_name, node_addresses(node, local_addresses), node.pod_cidrs if node else (),

@@ -12,11 +12,13 @@ next sync a full one.
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import time
 
 from ..backend import SyncResult
-from .elements import ElementBatch, ElementError
+from .elements import ElementBatch, ElementError, open_socket
 from .render import NftRuleset, ServiceNft, element_lines
 
 
@@ -37,6 +39,7 @@ class NftablesBackend:
         self._maps: set[str] = set()  # endpoint map shards in the kernel (they are never deleted
         # by a partial sync: an empty shard costs nothing and the next full sync drops it)
         self.last_ruleset: NftRuleset | None = None
+        self._sock: tuple[int, socket.socket] | None = None  # (netns inode, netlink socket) for element batches
 
     def run(self, script: str) -> None:
         proc = subprocess.run(["nft", "-f", "-"], input=script.encode(), capture_output=True)
@@ -78,9 +81,14 @@ class NftablesBackend:
             batch.delete(container, gone[container])
         for container in sorted(added):
             batch.add(container, added[container])
+        netns = os.stat("/proc/thread-self/ns/net").st_ino
+        if self._sock is None or self._sock[0] != netns:  # one socket per namespace, kept open
+            self._sock = (netns, open_socket())
         try:
-            batch.send()
-        except ElementError as err:
+            batch.send(self._sock[1])
+        except (ElementError, OSError) as err:
+            self._sock[1].close()
+            self._sock = None
             raise NftError(f"element update failed: {err}") from err
         return len(batch.encode())
 
