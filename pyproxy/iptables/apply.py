@@ -264,9 +264,8 @@ class IptablesBackend:
             ours = sorted(c for c in state.chains if c in OWN_CHAINS[table] or c.startswith(SERVICE_CHAIN_PREFIXES))
             if not ours:
                 continue
-            deletes = [rule.replace("-A ", "-D ", 1) for rule in state.rules
-                       if rule.split()[1] not in ours and _target(rule) in ours]
-            parts += [f"*{table}", *deletes, *[f":{c} - [0:0]" for c in ours], *[f"-X {c}" for c in ours], "COMMIT"]
+            deletes, removals = chain_removal(state, ours)
+            parts += [f"*{table}", *deletes, *removals, "COMMIT"]
             removed += len(ours)
         if parts:
             self.restore(parts)
@@ -283,6 +282,16 @@ def _batches(lines: Iterable[str], size: int) -> Iterator[str]:
             batch.clear()
     if batch:
         yield "\n".join(batch) + "\n"
+
+
+def chain_removal(state: LiveTable, chains: list[str]) -> tuple[list[str], list[str]]:
+    """iptables-restore --noflush lines that remove `chains` from a table: (deletes of the rules
+    elsewhere that jump into them, then the lines that flush and delete them). The deletes must
+    come before anything in the same transaction flushes the chains those rules sit in."""
+    gone = set(chains)
+    deletes = [rule.replace("-A ", "-D ", 1) for rule in state.rules
+               if rule.split()[1] not in gone and _target(rule) in gone]
+    return deletes, [f":{c} - [0:0]" for c in chains] + [f"-X {c}" for c in chains]
 
 
 def _target(rule: str) -> str:

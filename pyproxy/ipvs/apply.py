@@ -21,7 +21,7 @@ import time
 
 from ..backend import SyncResult
 from ..cni.netlink import Netlink
-from ..iptables.apply import IptablesBackend, _target, missing_jumps
+from ..iptables.apply import IptablesBackend, chain_removal, missing_jumps
 from ..iptables.render import CANARY, Jump, is_service_chain
 from .netlink import DEL_DEST, DEL_SERVICE, NEW_DEST, NEW_SERVICE, SET_DEST, SET_SERVICE, Dest, IpvsSocket, Service
 from .render import DUMMY_DEVICE, IPSETS, IpvsRuleset, PortIpvs, RealServer, set_name
@@ -133,10 +133,9 @@ class IpvsBackend:
             for table, lines in tables.items():
                 state = live[table]
                 stale = sorted(c for c in state.chains if is_service_chain(c) or c in IPTABLES_MODE_CHAINS)
-                lines[1:1] = [r.replace("-A ", "-D ", 1) for r in state.rules
-                              if r.split()[1] not in stale and _target(r) in stale]
-                lines += [f":{c} - [0:0]" for c in stale] + missing_jumps(jumps, table, state)
-                lines += [f"-X {c}" for c in stale]
+                deletes, removals = chain_removal(state, stale)
+                lines[1:1] = deletes  # before our declarations flush the chains they sit in
+                lines += missing_jumps(jumps, table, state) + removals
         try:
             self.iptables.restore(tables["nat"] + ["COMMIT"] + tables["filter"] + ["COMMIT"] + extra)
         except Exception as err:
@@ -239,12 +238,6 @@ class IpvsBackend:
         self.last_ruleset = ruleset
         return SyncResult(full, time.monotonic() - start, written, deleted, 0)
 
-    def reap(self) -> None:
-        """Between syncs: finish graceful terminations whose connections are gone."""
-        if self.terminating:
-            with IpvsSocket() as ipvs:
-                self._reap(ipvs)
-
     def cleanup(self, keep_shared_chains: bool = False) -> int:
         """Remove our virtual servers, the dummy device, our chains and the jumps to them, and our
         ipsets. `keep_shared_chains` leaves the chains whose names iptables mode uses too (it
@@ -266,9 +259,8 @@ class IpvsBackend:
             own = IPVS_ONLY_CHAINS[table] if keep_shared_chains else IPVS_ONLY_CHAINS[table] | SHARED_CHAINS[table]
             ours = sorted(c for c in state.chains if c in own)
             if ours:
-                deletes = [r.replace("-A ", "-D ", 1) for r in state.rules
-                           if r.split()[1] not in ours and _target(r) in ours]
-                parts += [f"*{table}", *deletes, *[f":{c} - [0:0]" for c in ours], *[f"-X {c}" for c in ours], "COMMIT"]
+                deletes, removals = chain_removal(state, ours)
+                parts += [f"*{table}", *deletes, *removals, "COMMIT"]
                 removed += len(ours)
         if parts:
             self.iptables.restore(parts)

@@ -85,12 +85,11 @@ class NftablesBackend:
         if self._sock is None or self._sock[0] != netns:  # one socket per namespace, kept open
             self._sock = (netns, open_socket())
         try:
-            batch.send(self._sock[1])
+            return batch.send(self._sock[1])
         except (ElementError, OSError) as err:
             self._sock[1].close()
             self._sock = None
             raise NftError(f"element update failed: {err}") from err
-        return len(batch.encode())
 
     def _partial(self, ruleset: NftRuleset) -> tuple[str, int, int]:
         """Sends what changed; returns (nft script sent or "", chains written, chains deleted)."""
