@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 
 from ..backend import PortMemo
 from ..config import ProxyConfig
+from ..rendertext import object_text
 from ..view import NodeView, ServicePortView, local_traffic_match
 
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -142,7 +143,7 @@ def _comment(text: str) -> tuple[str, ...]:
 def render_service(sp: ServicePortView, ctx: Context) -> ServiceRules:
     out = ServiceRules()
     proto = sp.protocol.lower()
-    name = sp.name_string
+    name = object_text(sp.name_string)
     names = chain_names(sp)
     svc_chain, svl_chain, ext_chain, fw_chain = names["svc"], names["svl"], names["ext"], names["fw"]
     cluster_ip, port = str(sp.cluster_ip), str(sp.port)
@@ -259,15 +260,16 @@ def _to_endpoints(rule, chains, sp: ServicePortView, chain: str, endpoints, sep_
                   ctx: Context) -> None:
     chains.setdefault(chain, [])
     seps = [(sep_of[ep.label], ep.label) for ep in endpoints]
+    name = object_text(sp.name_string)
     if sp.affinity_timeout:
         for sep, ep in seps:
-            comment = () if ctx.large_cluster else _comment(f"{sp.name_string} -> {ep}")
+            comment = () if ctx.large_cluster else _comment(f"{name} -> {ep}")
             rule(chain, *comment, "-m", "recent", "--name", sep, "--rcheck", "--seconds", str(sp.affinity_timeout),
                  "--reap", "-j", sep)
     n = len(seps)
     lines = chains[chain]
     for i, (sep, ep) in enumerate(seps):
-        comment = "" if ctx.large_cluster else f' -m comment --comment "{sp.name_string} -> {ep}"'
+        comment = "" if ctx.large_cluster else f' -m comment --comment "{name} -> {ep}"'
         chance = f" -m statistic --mode random --probability {probability(n - i)}" if i < n - 1 else ""
         lines.append(f"-A {chain}{comment}{chance} -j {sep}")
 

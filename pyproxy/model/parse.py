@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from . import names
 from .types import (
     SERVICE_NAME_LABEL,
     TOPOLOGY_HINTS_ANNOTATION,
@@ -78,37 +79,71 @@ class _Reader:
             return default
         if isinstance(value, bool) and kind is int or not isinstance(value, kind):
             name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise self.fail(f"{path}.{key}" if path else key, f"expected {name}, got {value!r}")
+            raise self.fail(f"{path}.{key}" if path else key, f"expected {name}, got {names.shown(value)}")
         return value
 
     def ip(self, value: Any, path: str) -> IPAddress:
         try:
-            return ipaddress.ip_address(str(value).strip())
+            return ipaddress.ip_address(value.strip() if isinstance(value, str) else "")
         except ValueError:
-            raise self.fail(path, f"invalid IP address {value!r}") from None
+            raise self.fail(path, f"invalid IP address {names.shown(value)}") from None
 
     def port(self, value: Any, path: str, allow_zero: bool = False) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not (0 if allow_zero else 1) <= value <= 65535:
-            raise self.fail(path, f"invalid port {value!r} (1-65535)")
+            raise self.fail(path, f"invalid port {names.shown(value)} (1-65535)")
+        return value
+
+    def labels(self, labels: dict) -> tuple[tuple[str, str], ...]:
+        for key, value in labels.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise self.fail("metadata.labels", f"keys and values must be strings, got {names.shown(key)}")
+        return tuple(sorted(labels.items()))
+
+    def name(self, value: str, path: str, rule) -> str:
+        """An optional name (empty is allowed) that must follow `rule` when set."""
+        problem = rule(value) if value else None
+        if problem:
+            raise self.fail(path, problem)
         return value
 
     def protocol(self, value: Any, path: str) -> str:
         value = value or "TCP"
         if value not in PROTOCOLS:
-            raise self.fail(path, f"unsupported protocol {value!r} (TCP, UDP, SCTP)")
+            raise self.fail(path, f"unsupported protocol {names.shown(value)} (TCP, UDP, SCTP)")
         return value
+
+
+# The name rule the API server applies to each kind's metadata.name.
+NAME_RULES = {"Service": names.dns1035_label, "EndpointSlice": names.dns1123_subdomain,
+              "Node": names.dns1123_subdomain}
+
+
+def _name(meta: Any, kind: str) -> str:
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise ValidationError(f"{kind} <unnamed>", "metadata", "expected an object")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValidationError(f"{kind} <unnamed>", "metadata.name", "required")
+    problem = NAME_RULES[kind](name)
+    if problem:
+        raise ValidationError(f"{kind} {names.shown(name)}", "metadata.name", problem)
+    return name
 
 
 def _meta(raw: dict, kind: str) -> tuple[str, str, dict, dict]:
     meta = raw.get("metadata")
-    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
-        raise ValidationError(f"{kind} <unnamed>", "metadata.name", "required")
+    name = _name(meta, kind)  # meta is a map from here on
     namespace = meta.get("namespace") or "default"
+    if not isinstance(namespace, str) or names.dns1123_label(namespace):
+        raise ValidationError(f"{kind} {name}", "metadata.namespace",
+                              names.dns1123_label(namespace) if isinstance(namespace, str) else "expected a string")
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
     if not isinstance(labels, dict) or not isinstance(annotations, dict):
-        raise ValidationError(f"{kind} {namespace}/{meta['name']}", "metadata", "labels/annotations must be maps")
-    return namespace, meta["name"], labels, annotations
+        raise ValidationError(f"{kind} {namespace}/{name}", "metadata", "labels/annotations must be maps")
+    return namespace, name, labels, annotations
 
 
 def parse_service(raw: dict) -> Service:
@@ -118,7 +153,7 @@ def parse_service(raw: dict) -> Service:
     status = r.get(raw, "", "status", dict, {})
     svc_type = r.get(spec, "spec", "type", str, "ClusterIP")
     if svc_type not in SERVICE_TYPES:
-        raise r.fail("spec.type", f"unknown type {svc_type!r}")
+        raise r.fail("spec.type", f"unknown type {names.shown(svc_type)}")
 
     raw_ips = r.get(spec, "spec", "clusterIPs", list, None) or (
         [spec["clusterIP"]] if spec.get("clusterIP") else [])
@@ -135,7 +170,7 @@ def parse_service(raw: dict) -> Service:
     raw_ports = r.get(spec, "spec", "ports", list, [])
     for i, p in enumerate(raw_ports):
         path = f"spec.ports[{i}]"
-        port_name = r.get(p, path, "name", str, "")
+        port_name = r.name(r.get(p, path, "name", str, ""), f"{path}.name", names.dns1123_label)
         if len(raw_ports) > 1 and not port_name:
             raise r.fail(f"{path}.name", "required when a service has several ports")
         node_port = p.get("nodePort") or 0
@@ -164,18 +199,18 @@ def parse_service(raw: dict) -> Service:
     ranges = []
     for i, cidr in enumerate(r.get(spec, "spec", "loadBalancerSourceRanges", list, [])):
         try:  # kube-proxy trims whitespace in these for backward compatibility
-            ranges.append(ipaddress.ip_network(str(cidr).strip(), strict=False))
+            ranges.append(ipaddress.ip_network(cidr.strip() if isinstance(cidr, str) else "", strict=False))
         except ValueError:
-            raise r.fail(f"spec.loadBalancerSourceRanges[{i}]", f"invalid CIDR {cidr!r}") from None
+            raise r.fail(f"spec.loadBalancerSourceRanges[{i}]", f"invalid CIDR {names.shown(cidr)}") from None
 
     etp = r.get(spec, "spec", "externalTrafficPolicy", str, "Cluster")
     itp = r.get(spec, "spec", "internalTrafficPolicy", str, "Cluster")
     for path, value in (("spec.externalTrafficPolicy", etp), ("spec.internalTrafficPolicy", itp)):
         if value not in ("Cluster", "Local"):
-            raise r.fail(path, f"must be Cluster or Local, got {value!r}")
+            raise r.fail(path, f"must be Cluster or Local, got {names.shown(value)}")
     affinity = r.get(spec, "spec", "sessionAffinity", str, "None")
     if affinity not in ("None", "ClientIP"):
-        raise r.fail("spec.sessionAffinity", f"must be None or ClientIP, got {affinity!r}")
+        raise r.fail("spec.sessionAffinity", f"must be None or ClientIP, got {names.shown(affinity)}")
     timeout = 0
     if affinity == "ClientIP":
         cfg = r.get(spec, "spec", "sessionAffinityConfig", dict, {})
@@ -193,10 +228,10 @@ def parse_service(raw: dict) -> Service:
         health_check_node_port=r.port(hc, "spec.healthCheckNodePort", allow_zero=True) if etp == "Local" else 0,
         session_affinity_timeout=timeout,
         traffic_distribution=r.get(spec, "spec", "trafficDistribution", str, ""),
-        topology_mode=str(topology).lower(),
+        topology_mode=topology.lower() if isinstance(topology, str) else "",
         publish_not_ready_addresses=r.get(spec, "spec", "publishNotReadyAddresses", bool, False),
         external_name=r.get(spec, "spec", "externalName", str, ""),
-        labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+        labels=r.labels(labels),
     )
 
 
@@ -207,10 +242,11 @@ def parse_endpoint_slice(raw: dict) -> EndpointSlice | None:
     if address_type == "FQDN":
         return None  # not proxied, as in kube-proxy
     if address_type not in ("IPv4", "IPv6"):
-        raise r.fail("addressType", f"must be IPv4, IPv6 or FQDN, got {address_type!r}")
+        raise r.fail("addressType", f"must be IPv4, IPv6 or FQDN, got {names.shown(address_type)}")
     service = labels.get(SERVICE_NAME_LABEL)
     if not service:
         raise r.fail(f"metadata.labels[{SERVICE_NAME_LABEL}]", "required: the slice names no service")
+    r.name(service if isinstance(service, str) else "", f"metadata.labels[{SERVICE_NAME_LABEL}]", names.dns1035_label)
     version = 4 if address_type == "IPv4" else 6
     endpoints = []
     for i, ep in enumerate(r.get(raw, "", "endpoints", list, [])):
@@ -229,9 +265,9 @@ def parse_endpoint_slice(raw: dict) -> EndpointSlice | None:
             ready=ready,
             serving=r.get(cond, f"{path}.conditions", "serving", bool, ready),
             terminating=r.get(cond, f"{path}.conditions", "terminating", bool, False),
-            node_name=r.get(ep, path, "nodeName", str, ""),
-            zone=r.get(ep, path, "zone", str, ""),
-            hostname=r.get(ep, path, "hostname", str, ""),
+            node_name=r.name(r.get(ep, path, "nodeName", str, ""), f"{path}.nodeName", names.dns1123_subdomain),
+            zone=r.name(r.get(ep, path, "zone", str, ""), f"{path}.zone", names.label_value),
+            hostname=r.name(r.get(ep, path, "hostname", str, ""), f"{path}.hostname", names.dns1123_label),
             hint_zones=tuple(z.get("name", "") for z in r.get(hints, f"{path}.hints", "forZones", list, []) if isinstance(z, dict)),
             hint_nodes=tuple(n.get("name", "") for n in r.get(hints, f"{path}.hints", "forNodes", list, []) if isinstance(n, dict)),
         ))
@@ -241,17 +277,16 @@ def parse_endpoint_slice(raw: dict) -> EndpointSlice | None:
         port = p.get("port") if isinstance(p, dict) else None
         if port is None:
             continue  # a port without a number means "all ports": not usable for proxying
-        ports.append(EndpointPort(r.get(p, path, "name", str, ""), r.protocol(p.get("protocol"), f"{path}.protocol"),
+        ports.append(EndpointPort(r.name(r.get(p, path, "name", str, ""), f"{path}.name", names.dns1123_label),
+                                  r.protocol(p.get("protocol"), f"{path}.protocol"),
                                   r.port(port, f"{path}.port")))
     return EndpointSlice(namespace, name, service, address_type, tuple(endpoints), tuple(ports),
-                         str(annotations.get(TRIGGER_TIME_ANNOTATION, "")))
+                         r.get(annotations, "metadata.annotations", TRIGGER_TIME_ANNOTATION, str, ""))
 
 
 def parse_node(raw: dict) -> Node:
-    meta = raw.get("metadata") or {}
-    name = meta.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValidationError("Node <unnamed>", "metadata.name", "required")
+    meta = raw.get("metadata")
+    name = _name(meta, "Node")
     r = _Reader(f"Node {name}")
     spec = r.get(raw, "", "spec", dict, {})
     status = r.get(raw, "", "status", dict, {})
@@ -263,11 +298,13 @@ def parse_node(raw: dict) -> Node:
     pod_cidrs = []
     for i, c in enumerate(cidrs):
         try:
-            pod_cidrs.append(ipaddress.ip_network(c))
+            pod_cidrs.append(ipaddress.ip_network(c if isinstance(c, str) else ""))
         except ValueError:
-            raise r.fail(f"spec.podCIDRs[{i}]", f"invalid CIDR {c!r}") from None
+            raise r.fail(f"spec.podCIDRs[{i}]", f"invalid CIDR {names.shown(c)}") from None
     labels = meta.get("labels") or {}
-    return Node(name, tuple(addresses), tuple(pod_cidrs), tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+    if not isinstance(labels, dict):
+        raise r.fail("metadata.labels", "expected a map")
+    return Node(name, tuple(addresses), tuple(pod_cidrs), r.labels(labels),
                 deleting=bool(meta.get("deletionTimestamp")))
 
 
@@ -277,15 +314,24 @@ PARSERS = {"Service": parse_service, "EndpointSlice": parse_endpoint_slice, "Nod
 def parse_object(raw: Any) -> Service | EndpointSlice | Node | None:
     if not isinstance(raw, dict):
         raise ValidationError("<document>", "", "expected a Kubernetes object")
-    parser = PARSERS.get(raw.get("kind", ""))
+    kind = raw.get("kind", "")
+    if not isinstance(kind, str):
+        raise ValidationError("<document>", "kind", f"expected a string, got {names.shown(kind)}")
+    parser = PARSERS.get(kind)
     return parser(raw) if parser else None
+
+
+def is_list(doc: Any) -> bool:
+    """A `kind: List` (or ServiceList, ...) document."""
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    return isinstance(kind, str) and kind.endswith("List") and isinstance(doc.get("items"), list)
 
 
 def _flatten(docs: Iterable[Any]) -> Iterable[Any]:
     for doc in docs:
         if doc is None:
             continue
-        if isinstance(doc, dict) and (doc.get("kind", "").endswith("List")) and isinstance(doc.get("items"), list):
+        if is_list(doc):
             kind = doc["kind"][: -len("List")]
             for item in doc["items"]:
                 if isinstance(item, dict) and "kind" not in item and kind:  # typed lists (ServiceList) omit it

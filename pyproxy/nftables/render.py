@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from ..backend import PortMemo
 from ..config import ProxyConfig
+from ..rendertext import object_text
 from ..iptables.render import node_port_ips, port_proto_hash
 from ..view import NodeView, ServicePortView, local_traffic_match
 
@@ -148,7 +149,7 @@ def static_part(config: ProxyConfig, view: NodeView, family: int) -> str:
 def chain_base(sp: ServicePortView) -> str:
     """kube-proxy's nftables chain suffix: 8 hash characters and the readable service port."""
     h = port_proto_hash(sp.name_string, sp.protocol.lower())[:8]
-    return f"{h}-{sp.namespace}/{sp.name}/{sp.protocol.lower()}/{sp.port_name}"
+    return f"{h}-{object_text(f'{sp.namespace}/{sp.name}/{sp.protocol.lower()}/{sp.port_name}')}"
 
 
 SHARD_OWNERS = 64  # service chains per endpoint map: kernel cost per element grows with this

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from ..model.parse import Cluster, parse_objects
+from ..model.parse import Cluster, is_list, parse_objects
 
 try:  # the C loader is ~10x faster on large dumps
     _Loader = yaml.CSafeLoader
@@ -24,15 +24,37 @@ class ManifestError(RuntimeError):
     pass
 
 
-def load_manifests(path: str) -> Cluster:
+MAX_MANIFEST_BYTES = 256 << 20
+
+
+def load_manifests(path: str, max_bytes: int = MAX_MANIFEST_BYTES) -> Cluster:
+    """Parse a manifests file. Raises ManifestError, and never returns an empty cluster by
+    accident: a file with no Kubernetes object in it (empty, truncated mid-save, only comments)
+    is an error; only an explicit empty `kind: List` means "no objects"."""
     try:
-        with open(path) as f:
-            docs = list(yaml.load_all(f, Loader=_Loader))
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
     except OSError as err:
         raise ManifestError(f"{path}: {err.strerror}") from None
+    if len(data) > max_bytes:
+        raise ManifestError(f"{path}: larger than {max_bytes >> 20} MiB; refusing to read it")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        docs = [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
     except yaml.YAMLError as err:
-        raise ManifestError(f"{path}: not valid YAML: {err}") from None
+        raise ManifestError(f"{path}: not valid YAML: {_one_line(err)}") from None
+    if not any(is_list(doc) or isinstance(doc, dict) and isinstance(doc.get("kind"), str) for doc in docs):
+        raise ManifestError(f"{path}: no Kubernetes object in the file (an empty `kind: List` removes everything)")
     return parse_objects(docs)
+
+
+def _one_line(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
 @dataclass
@@ -43,11 +65,12 @@ class ManifestWatcher:
     _stamp: tuple | None = None
 
     def changed(self) -> bool:
+        """True when the file changed since the last call, appeared, or went away."""
         try:
             st = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            stamp: tuple = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError as err:
+            stamp = ("unreadable", err.errno)
         if stamp != self._stamp:
             self._stamp = stamp
             return True
