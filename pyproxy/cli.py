@@ -43,21 +43,79 @@ def _load_lab_spec(path: str | None) -> tuple[object, dict]:
         raise click.ClickException(f"{path or 'built-in lab'}: {err}") from None
 
 
-def _bring_up(path: str | None):
+def _bring_up(path: str | None, control_plane: str | None = None):
     from .lab import Lab, LabError
+    from .lab.controlplane import ControlPlaneError
+    from .lab.spec import parse_spec
+    from .lab.upstream import UpstreamError
 
     spec, raw = _load_lab_spec(path)
+    if control_plane:
+        raw = {**raw, "controlPlane": control_plane}
+        spec = parse_spec(raw)
     try:
         return Lab(spec).up(raw)
-    except LabError as err:
+    except (LabError, ControlPlaneError, UpstreamError) as err:
         raise click.ClickException(str(err)) from None
+
+
+CONTROL_PLANE = click.option("--control-plane", type=click.Choice(["none", "kubernetes"]), default=None,
+                             help="kubernetes: upstream's etcd, kube-apiserver and kube-controller-manager in the "
+                                  "lab, pyproxy on every node against them (default: the lab file's, or none)")
 
 
 @lab.command("up")
 @click.option("-f", "--file", "path", type=click.Path(exists=True, dir_okay=False), help="lab YAML (default: built-in)")
-def lab_up(path: str | None) -> None:
+@CONTROL_PLANE
+def lab_up(path: str | None, control_plane: str | None) -> None:
     """Create the lab's nodes, pods and external client."""
-    _print_status(_bring_up(path).status())
+    lab_ = _bring_up(path, control_plane)
+    if lab_.cp:
+        from .lab.proxies import deploy_pyproxy, start_pyproxy
+
+        try:
+            kube, config = deploy_pyproxy(lab_)
+            for node in lab_.spec.nodes:
+                start_pyproxy(lab_, node.name, kube, config)
+        except Exception:
+            lab_.down()
+            raise
+    _print_status(lab_.status())
+    if lab_.cp:
+        click.echo(f"  control plane   {lab_.cp.address:<15} {'kube-apiserver :6443':<21} netns {lab_.cp_ns}")
+        click.echo(f"  kubeconfig      {lab_.cp.admin_kubeconfig}  (pyproxy lab kubectl --name "
+                   f"{lab_.spec.name} -- get pods -A)")
+
+
+@lab.command("kubectl", context_settings={"ignore_unknown_options": True})
+@click.option("--name", default="demo", show_default=True)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def lab_kubectl(name: str, args: tuple[str, ...]) -> None:
+    """upstream kubectl against a lab's control plane, as its admin: pyproxy lab kubectl -- get svc"""
+    from .lab import Lab, LabError
+    from .lab import upstream
+    from .netns import netns_path
+
+    try:
+        lab_ = Lab.load(name)
+    except LabError as err:
+        raise click.ClickException(str(err)) from None
+    if lab_.cp is None:
+        raise click.ClickException(f"lab {name} has no control plane (pyproxy lab up --control-plane kubernetes)")
+    os.execvp("nsenter", ["nsenter", f"--net={netns_path(lab_.cp_ns)}", upstream.binary("kubectl"),
+                          f"--kubeconfig={lab_.cp.admin_kubeconfig}", *args])
+
+
+@lab.command("build", context_settings={"ignore_unknown_options": True})
+@click.argument("components", nargs=-1)
+def lab_build(components: tuple[str, ...]) -> None:
+    """Build upstream's programs from their Go modules into the cache (default: the control plane)."""
+    from .lab import upstream
+
+    try:
+        click.echo(upstream.ensure(*components))
+    except upstream.UpstreamError as err:
+        raise click.ClickException(str(err)) from None
 
 
 def _print_status(status: dict) -> None:
@@ -114,11 +172,12 @@ def lab_exec(name: str, target: str, command: tuple[str, ...]) -> None:
 
 @lab.command("demo")
 @click.option("-f", "--file", "path", type=click.Path(exists=True, dir_okay=False), help="lab YAML (default: built-in)")
-def lab_demo(path: str | None) -> None:
+@CONTROL_PLANE
+def lab_demo(path: str | None, control_plane: str | None) -> None:
     """Bring a lab up, show traffic through it, and take it down again."""
     from .lab.demo import run_demo
 
-    lab_ = _bring_up(path)
+    lab_ = _bring_up(path, control_plane)
     try:
         ok = run_demo(lab_, click.echo)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Callable
 
 from .lab import Lab, Reply
@@ -49,7 +50,8 @@ def demo_services(lab: Lab) -> list[dict]:
     ]
 
 
-def services(lab: Lab, echo: Callable[[str], None]) -> bool:
+def _program_in_process(lab: Lab, echo: Callable[[str], None]):
+    """The built-in control plane: pyproxy's Proxier on every node, fed the demo's objects."""
     from .dataplane import LabDataplane
 
     dp = LabDataplane(lab)
@@ -58,6 +60,30 @@ def services(lab: Lab, echo: Callable[[str], None]) -> bool:
         result = report.results[4]
         echo(f"\n{node}: pyproxy programmed {len(report.view.family(4))} service ports "
              f"({dp.proxiers[node].backends[4].restore_tool}, {result.seconds * 1000:.0f} ms)")
+    return dp.cleanup
+
+
+def _program_through_the_api(lab: Lab, echo: Callable[[str], None]):
+    """A real control plane: Services written to kube-apiserver, slices from its controller,
+    `pyproxy run` on every node following the API as the DaemonSet would."""
+    from .proxies import deploy_pyproxy, start_pyproxy
+
+    kube, config = deploy_pyproxy(lab)
+    for node in lab.spec.nodes:
+        start_pyproxy(lab, node.name, kube, config)
+    for svc in demo_services(lab):
+        lab.cp.api.apply(svc)
+    echo(f"\nkube-apiserver {lab.cp.address}: {len(demo_services(lab))} Services applied; pyproxy runs on "
+         f"{', '.join(n.name for n in lab.spec.nodes)} with the pyproxy ServiceAccount's token")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not isinstance(_try(lab, "external", str(lab.spec.nodes[0].ip), 30080, "tcp"),
+                                                         Reply):
+        time.sleep(0.2)
+    return lambda: None  # lab down stops the daemons
+
+
+def services(lab: Lab, echo: Callable[[str], None]) -> bool:
+    cleanup = (_program_through_the_api if lab.cp else _program_in_process)(lab, echo)
     external = str(lab.spec.external_ip)
     client = next((p for p in lab.pods if p.startswith("client")), next(iter(lab.pods)))
     checks = [
@@ -79,7 +105,7 @@ def services(lab: Lab, echo: Callable[[str], None]) -> bool:
         pods = ",".join(sorted({r.pod if isinstance(r, Reply) else r for r in replies}))
         seen = ",".join(sorted({r.client for r in replies if isinstance(r, Reply)})) or "-"
         echo(f"  {label:<41} {src:<10} {pods:<18} {seen:<15} {expectation}: {'yes' if fine else 'NO'}")
-    dp.cleanup()
+    cleanup()
     return ok
 
 

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import netns
+from . import kubelet
+from .controlplane import ControlPlane, ProcessTable
 from .runtime import CniRuntime
 from .spec import LabSpec, PodSpec, parse_spec
 
@@ -118,6 +120,13 @@ class Lab:
         self.pods: dict[str, PodState] = {}
         self.spec_raw: dict[str, Any] = {}
         self._echo_procs: dict[str, subprocess.Popen] = {}
+        # programs the lab runs on its nodes (pyproxy, kube-proxy daemons), stopped by `down`
+        self.processes = ProcessTable(os.path.join(self.dir, "processes.json"))
+        self.cp: ControlPlane | None = None
+        if spec.control_plane == "kubernetes":
+            cidrs = [str(spec.service_cidr)] + ([str(spec.SERVICE_CIDR6)] if spec.ipv6 else [])
+            self.cp = ControlPlane(os.path.join(self.dir, "cp"), self.cp_ns, str(spec.control_plane_ip), cidrs,
+                                   str(spec.cluster_cidr))
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -129,11 +138,38 @@ class Lab:
     def external_ns(self) -> str:
         return self.prefix + "ext"
 
+    @property
+    def cp_ns(self) -> str:
+        """The control plane's namespace (labs with `controlPlane: kubernetes`)."""
+        return self.prefix + "cp"
+
     def node_ns(self, node: str) -> str:
         return f"{self.prefix}n-{node}"
 
     def pod_ns(self, pod: str) -> str:
         return f"{self.prefix}p-{pod}"
+
+    def shadow_ns(self, name: str) -> str:
+        return f"{self.prefix}s-{name}"
+
+    def add_shadow(self, name: str) -> str:
+        """A namespace of its own on the lab's network (no pods behind it), where a second proxy
+        for a node can run and write its rules without touching the node: for side-by-side and
+        differential runs. Returns its name."""
+        ns = self.shadow_ns(name)
+        index = 50 + len([n for n in list_netns() if n.startswith(self.prefix + "s-")])
+        self._add_ns(ns)
+        port = f"sh{index}"
+        ip_batch(self.switch_ns, [f"link add {port} type veth peer name eth0 netns {ns}",
+                                  f"link set {port} master br0", f"link set {port} up"])
+        ip_batch(ns, [f"addr add {self.spec.node_network.network_address + index}/{self.spec.node_network.prefixlen} "
+                      "dev eth0", "link set eth0 up"])
+        return ns
+
+    def exec_node(self, node: str, argv: list[str]) -> str:
+        """Run a command in a node's namespace (or a shadow's, by its namespace name); its stdout."""
+        ns = node if node.startswith(self.prefix) else self.node_ns(node)
+        return run(["ip", "netns", "exec", ns, *argv]).stdout
 
     def namespace_of(self, who: str) -> str:
         """A pod name, a node name, or "external"."""
@@ -182,9 +218,13 @@ class Lab:
         os.makedirs(self.dir)
         try:
             self._build_network()
+            if self.cp:
+                self._start_control_plane()
             for pod in self.spec.pods:
                 self.add_pod(pod, wait=False)
             self._wait_for_echo(list(self.pods.values()))
+            for pod in self.pods.values():
+                self._report_status(pod, ready=True)
         except BaseException:
             self.down()
             raise
@@ -205,6 +245,8 @@ class Lab:
         ip_batch(self.switch_ns, ["link add br0 type bridge", "link set br0 up"])
         uplinks = ([(self.node_ns(n.name), n.ip, n.ip6) for n in spec.nodes]
                    + [(self.external_ns, spec.external_ip, spec.external_ip6)])
+        if self.cp:
+            uplinks.append((self.cp_ns, spec.control_plane_ip, spec.NODE_NETWORK6.network_address + 2))
         for i, (ns, address, address6) in enumerate(uplinks):
             self._add_ns(ns)
             ip_batch(self.switch_ns, [f"link add port{i} type veth peer name eth0 netns {ns}",
@@ -245,6 +287,31 @@ class Lab:
             ext_routes.append(f"route add {spec.EXTERNAL_NETWORK6} via {spec.nodes[0].ip6}")
         ip_batch(self.external_ns, ext_routes)
 
+    def _start_control_plane(self) -> None:
+        self.cp.start()
+        for node in self.spec.nodes:
+            self.cp.api.apply(kubelet.node_object(self.spec, node))
+            self.cp.api.patch_status("Node", node.name, kubelet.node_status(self.spec, node))
+
+    def _report_status(self, pod: PodState, ready: bool) -> None:
+        """The kubelet's part: the pod's IPs and its Ready condition, written to the API."""
+        if self.cp:
+            ips = [pod.ip] + ([pod.ip6] if pod.ip6 else [])
+            self.cp.api.patch_status("Pod", pod.name, kubelet.pod_status(ips, str(self.spec.node(pod.node).ip), ready),
+                                     pod.namespace)
+
+    def set_ready(self, name: str, ready: bool) -> None:
+        """Flip a pod's readiness as its readiness probe would (real control plane only)."""
+        self._report_status(self.pods[name], ready)
+
+    def terminate_pod(self, name: str) -> None:
+        """Delete a pod gracefully: it is terminating (deletionTimestamp set) and keeps serving
+        until delete_pod, as a pod in its termination grace period does."""
+        pod = self.pods[name]
+        if self.cp is None:
+            raise LabError("terminate_pod needs a lab with controlPlane: kubernetes")
+        self.cp.api.delete("Pod", name, pod.namespace, grace=300)
+
     def _write_cni_config(self, node: str, pod_cidr: str, pod_cidr6: str = "") -> None:
         base = os.path.join(self.dir, "nodes", node)
         os.makedirs(os.path.join(base, "net.d"))
@@ -269,6 +336,8 @@ class Lab:
         ns = self.pod_ns(pod.name)
         self._add_ns(ns)
         container_id = f"{self.spec.name}-{pod.name}"
+        if self.cp:
+            self.cp.api.apply(kubelet.pod_object(pod.name, pod.namespace, pod.node, pod.labels, list(pod.ports)))
         result = self.runtime(pod.node).add(container_id, netns.netns_path(ns))
         addresses = [ip["address"].split("/")[0] for ip in result["ips"]]
         state = PodState(pod.name, pod.node, ns, addresses[0], container_id, ports=list(pod.ports),
@@ -279,6 +348,7 @@ class Lab:
         self._save()
         if wait:
             self._wait_for_echo([state])
+            self._report_status(state, ready=True)
         return state
 
     def _start_echo(self, pod: PodState) -> int:
@@ -305,6 +375,8 @@ class Lab:
 
     def delete_pod(self, name: str) -> None:
         pod = self.pods.pop(name)
+        if self.cp:
+            self.cp.api.delete("Pod", name, pod.namespace, grace=0)  # the kubelet's final delete
         self._stop_echo(pod)
         self.runtime(pod.node).delete(pod.container_id, netns.netns_path(pod.netns))
         run(["ip", "netns", "del", pod.netns], check=False)
@@ -323,6 +395,10 @@ class Lab:
 
     def down(self) -> list[str]:
         """Remove everything of this lab; safe to call on a half-built or crashed lab."""
+        self.processes.stop_all()
+        if self.cp:
+            self.cp.stop()
+        ProcessTable(os.path.join(self.dir, "cp", "pids.json")).stop_all()  # also without usable state
         for pod in list(self.pods.values()):
             self._stop_echo(pod)
         for proc in self._echo_procs.values():

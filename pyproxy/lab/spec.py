@@ -50,14 +50,23 @@ class LabSpec:
     pods: tuple[PodSpec, ...]
     cluster_cidr: ipaddress.IPv4Network
     ipv6: bool = False  # dual stack: every node, pod and the external client get IPv6 too
+    # "none": the lab's stand-ins (objects written by tests); "kubernetes": upstream's etcd,
+    # kube-apiserver and kube-controller-manager in the lab (lab/controlplane.py)
+    control_plane: str = "none"
+    service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.96.0.0/16")
 
     NODE_NETWORK6 = ipaddress.IPv6Network("fd00:172:18::/64")
+    SERVICE_CIDR6 = ipaddress.IPv6Network("fd00:10:96::/112")
     EXTERNAL_NETWORK6 = ipaddress.IPv6Network("fd00:172:18:100::/64")
     CLUSTER_CIDR6 = ipaddress.IPv6Network("fd00:10:244::/48")
 
     @property
     def external_ip(self) -> ipaddress.IPv4Address:
         return self.node_network.network_address + 100
+
+    @property
+    def control_plane_ip(self) -> ipaddress.IPv4Address:
+        return self.node_network.network_address + 2
 
     @property
     def external_ip6(self) -> ipaddress.IPv6Address:
@@ -86,6 +95,7 @@ def parse_spec(raw: Any) -> LabSpec:
         node_net = ipaddress.IPv4Network(raw.get("nodeNetwork", "172.18.0.0/24"))
         ext_net = ipaddress.IPv4Network(raw.get("externalNetwork", "172.18.100.0/24"))
         cluster = ipaddress.IPv4Network(raw.get("clusterCIDR", "10.244.0.0/16"))
+        service_cidr = ipaddress.IPv4Network(raw.get("serviceCIDR", "10.96.0.0/16"))
     except ValueError as err:
         raise SpecError(f"network: {err}") from None
     nodes = []
@@ -125,7 +135,10 @@ def parse_spec(raw: Any) -> LabSpec:
     ipv6 = raw.get("ipv6", False)
     if not isinstance(ipv6, bool):
         raise SpecError(f"ipv6: expected true or false, got {ipv6!r}")
-    return LabSpec(name, node_net, ext_net, tuple(nodes), tuple(pods), cluster, ipv6)
+    control_plane = raw.get("controlPlane", "none")
+    if control_plane not in ("none", "kubernetes"):
+        raise SpecError(f"controlPlane: expected none or kubernetes, got {control_plane!r}")
+    return LabSpec(name, node_net, ext_net, tuple(nodes), tuple(pods), cluster, ipv6, control_plane, service_cidr)
 
 
 def load_spec(path: str) -> LabSpec:

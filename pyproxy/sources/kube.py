@@ -40,6 +40,10 @@ class ApiError(Exception):
     pass
 
 
+class Forbidden(ApiError):
+    """403: the credentials lack a permission (the ClusterRole); retrying will not help until it is granted."""
+
+
 @dataclass(frozen=True)
 class Resource:
     kind: str
@@ -88,8 +92,17 @@ class KubeClient:
             status = getattr(err, "status", None)
             if status == 410:
                 raise Gone(str(err)) from None
-            raise ApiError(f"GET {path}: {status or ''} {getattr(err, 'reason', err)}") from None
+            message = _status_message(getattr(err, "body", None)) or getattr(err, "reason", err)
+            raise (Forbidden if status == 403 else ApiError)(f"GET {path}: {status or ''} {message}") from None
         return resp[0] if isinstance(resp, tuple) else resp
+
+
+def _status_message(body: Any) -> str:
+    """The message of a Kubernetes Status response body, if it is one."""
+    try:
+        return str(json.loads(body).get("message", ""))[:300]
+    except (TypeError, ValueError, AttributeError):
+        return ""
 
 
 class Reflector:
@@ -228,7 +241,7 @@ class Reflector:
                     break
                 failures += 1
                 delay = min(self.backoff_max, self.backoff_base * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
-                log.warning("%s %s failed (%s); retrying in %.1fs", self.resource.kind,
+                (log.error if isinstance(err, Forbidden) else log.warning)("%s %s failed (%s); retrying in %.1fs", self.resource.kind,
                             "list" if need_list else "watch", err, delay)
                 self.stopped.wait(delay)
 

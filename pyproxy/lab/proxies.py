@@ -1,0 +1,103 @@
+"""Service proxies on the nodes of a real-control-plane lab, deployed as a user would: pyproxy
+with the ServiceAccount, ClusterRole and ConfigMap of `daemonset.yaml` (its bound token, not an
+admin credential; its config read back from the ConfigMap object), and upstream's kube-proxy with
+a config of its own, each started inside a node's namespace and stopped by PID with the lab."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import yaml
+
+from . import upstream
+from .controlplane import Process, kubeconfig, start_process, write_yaml
+from .lab import Lab, LabError
+
+DAEMONSET = os.path.join(os.path.dirname(__file__), "..", "..", "daemonset.yaml")
+SYSTEM_NS = "kube-system"
+
+
+def daemonset_objects(path: str = DAEMONSET) -> list[dict[str, Any]]:
+    try:
+        with open(path) as f:
+            return [d for d in yaml.safe_load_all(f) if d]
+    except OSError as err:
+        raise LabError(f"daemonset.yaml not found next to the package ({err.strerror}): run from a checkout") from None
+
+
+def _proxy_dir(lab: Lab) -> str:
+    path = os.path.join(lab.dir, "proxies")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def deploy_pyproxy(lab: Lab, config_changes: dict[str, Any] | None = None) -> tuple[str, str]:
+    """Apply daemonset.yaml's ServiceAccount, RBAC and ConfigMap (clusterCIDR set to the lab's,
+    plus `config_changes`); return (kubeconfig with the SA's bound token, config from the API)."""
+    cp = _cp(lab)
+    for obj in daemonset_objects():
+        if obj["kind"] == "ConfigMap":
+            config = yaml.safe_load(obj["data"]["config.conf"])
+            config.update({"clusterCIDR": str(lab.spec.cluster_cidr), **(config_changes or {})})
+            obj = {**obj, "data": {"config.conf": yaml.safe_dump(config)}}
+        if obj["kind"] != "DaemonSet":  # no kubelet runs it here: the lab starts the program itself
+            cp.api.apply(obj)
+    directory = _proxy_dir(lab)
+    token = cp.api.token("pyproxy", SYSTEM_NS)
+    kube = write_yaml(os.path.join(directory, "pyproxy.kubeconfig"),
+                      kubeconfig(cp.server, os.path.join(cp.pki, "ca.crt"), {"token": token}))
+    config_map = cp.api.get("ConfigMap", "pyproxy", SYSTEM_NS)
+    config_path = os.path.join(directory, "pyproxy-config.conf")
+    with open(config_path, "w") as f:
+        f.write(config_map["data"]["config.conf"])
+    return kube, config_path
+
+
+def start_pyproxy(lab: Lab, node: str, kube: str, config: str, *extra: str, netns_name: str = "") -> Process:
+    pyproxy = os.path.join(os.path.dirname(sys.executable), "pyproxy")
+    name = f"pyproxy-{node}" + (f"@{netns_name}" if netns_name else "")
+    proc = start_process(name, [pyproxy, "run", "--kubeconfig", kube, "--config", config, "--node", node, *extra],
+                         netns_name or lab.node_ns(node), os.path.join(_proxy_dir(lab), f"{name}.log"))
+    lab.processes.add(proc)
+    return proc
+
+
+def kube_proxy_config(lab: Lab, mode: str = "iptables", **fields: Any) -> dict[str, Any]:
+    return {"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": mode,
+            "clusterCIDR": str(lab.spec.cluster_cidr), "detectLocalMode": "ClusterCIDR",
+            "iptables": {"masqueradeBit": 14, "minSyncPeriod": "1s", "syncPeriod": "30s"},
+            "nftables": {"masqueradeBit": 14, "minSyncPeriod": "1s", "syncPeriod": "30s"},
+            "conntrack": {"maxPerCore": 0}, "healthzBindAddress": "0.0.0.0:10256",
+            "metricsBindAddress": "127.0.0.1:10249", **fields}
+
+
+def start_kube_proxy(lab: Lab, node: str, netns_name: str, mode: str = "iptables", **fields: Any) -> Process:
+    """Upstream kube-proxy for `node`, in `netns_name` (a node's namespace, or one of its own
+    for side-by-side runs), with the admin credential's access narrowed to kube-proxy's own role."""
+    cp = _cp(lab)
+    bin_dir = upstream.ensure("kube-proxy")
+    directory = _proxy_dir(lab)
+    cp.api.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kube-proxy", "namespace": SYSTEM_NS}})
+    cp.api.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                  "metadata": {"name": "lab-kube-proxy"},
+                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-proxier"},
+                  "subjects": [{"kind": "ServiceAccount", "name": "kube-proxy", "namespace": SYSTEM_NS}]})
+    kube = write_yaml(os.path.join(directory, "kube-proxy.kubeconfig"),
+                      kubeconfig(cp.server, os.path.join(cp.pki, "ca.crt"), {"token": cp.api.token("kube-proxy", SYSTEM_NS)}))
+    name = f"kube-proxy-{node}@{netns_name}"
+    config = kube_proxy_config(lab, mode, **fields)
+    config["clientConnection"] = {"kubeconfig": kube}
+    config_path = write_yaml(os.path.join(directory, f"{name}.yaml"), config)
+    proc = start_process(name, [os.path.join(bin_dir, "kube-proxy"), f"--config={config_path}",
+                                f"--hostname-override={node}", "--v=2"],
+                         netns_name, os.path.join(directory, f"{name}.log"))
+    lab.processes.add(proc)
+    return proc
+
+
+def _cp(lab: Lab):
+    if lab.cp is None:
+        raise LabError("this needs a lab with controlPlane: kubernetes")
+    return lab.cp
