@@ -6,6 +6,7 @@ a config of its own, each started inside a node's namespace and stopped by PID w
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -73,7 +74,21 @@ def kube_proxy_config(lab: Lab, mode: str = "iptables", **fields: Any) -> dict[s
             "metricsBindAddress": "127.0.0.1:10249", **fields}
 
 
-def start_kube_proxy(lab: Lab, node: str, netns_name: str, mode: str = "iptables", **fields: Any) -> Process:
+def iptables_bin_dir(lab: Lab, variant: str) -> str:
+    """A folder where `iptables`, `iptables-save`, ... are the given variant's (legacy or nft):
+    put first on kube-proxy's PATH, it picks the variant as a node's alternatives would."""
+    directory = os.path.join(_proxy_dir(lab), f"iptables-{variant}")
+    os.makedirs(directory, exist_ok=True)
+    for tool in ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"):
+        link = os.path.join(directory, tool)
+        if not os.path.lexists(link):
+            base, _, suffix = tool.partition("-")
+            os.symlink(shutil.which(f"{base}-{variant}" + (f"-{suffix}" if suffix else "")) or "/bin/false", link)
+    return directory
+
+
+def start_kube_proxy(lab: Lab, node: str, netns_name: str, mode: str = "iptables", variant: str = "legacy",
+                     **fields: Any) -> Process:
     """Upstream kube-proxy for `node`, in `netns_name` (a node's namespace, or one of its own
     for side-by-side runs), with the admin credential's access narrowed to kube-proxy's own role."""
     cp = _cp(lab)
@@ -90,9 +105,10 @@ def start_kube_proxy(lab: Lab, node: str, netns_name: str, mode: str = "iptables
     config = kube_proxy_config(lab, mode, **fields)
     config["clientConnection"] = {"kubeconfig": kube}
     config_path = write_yaml(os.path.join(directory, f"{name}.yaml"), config)
+    env = {**os.environ, "PATH": f"{iptables_bin_dir(lab, variant)}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}"}
     proc = start_process(name, [os.path.join(bin_dir, "kube-proxy"), f"--config={config_path}",
                                 f"--hostname-override={node}", "--v=2"],
-                         netns_name, os.path.join(directory, f"{name}.log"))
+                         netns_name, os.path.join(directory, f"{name}.log"), env=env)
     lab.processes.add(proc)
     return proc
 
