@@ -19,7 +19,7 @@ import dns.name
 import dns.rcode
 
 
-from .zone import Zone, render_entry
+from .zone import Zone, render_entry, render_truncated
 
 log = logging.getLogger("pyproxy.dns")
 
@@ -97,16 +97,22 @@ class Responder:
             zone.wire_cache[key] = cached
         rcode, wire = cached
         out_flags = QR | AA | (flags & RD) | rcode
-        if udp and len(wire) > (payload if edns else 512):
-            # Too big for the client's buffer: the question alone, TC set; it retries over TCP.
-            trunc = self._error(qid, flags, rcode, question, edns)
-            return struct.pack("!HH", qid, out_flags | TC) + trunc[4:]
+        limit = payload if edns else 512
+        if udp and len(wire) > limit:
+            # Too big for the client's buffer: the records that fit, TC set (it may retry over TCP).
+            truncated = zone.wire_cache.get((key, limit))
+            if truncated is None:
+                truncated = zone.wire_cache[(key, limit)] = render_wire(zone, data[12:qname_end], qtype, edns, limit)
+            wire = truncated[1]
+            out_flags |= TC
         # ID, flags and the client's own spelling of the name (same length, so pointers hold).
         return struct.pack("!HH", qid, out_flags) + wire[4:12] + question + wire[12 + len(question):]
 
 
-def render_wire(zone: Zone, qname_wire: bytes, qtype: int, edns: bool) -> tuple[int, bytes] | None:
-    """(rcode, response wire) for a question given as wire-format name bytes, None if not ours."""
+def render_wire(zone: Zone, qname_wire: bytes, qtype: int, edns: bool,
+                limit: int = 0) -> tuple[int, bytes] | None:
+    """(rcode, response wire) for a question given as wire-format name bytes, None if not ours;
+    with a `limit`, cut to fit it (render_truncated)."""
     labels, pos = [], 0
     while qname_wire[pos]:
         labels.append(qname_wire[pos + 1: pos + 1 + qname_wire[pos]].lower())
@@ -118,6 +124,8 @@ def render_wire(zone: Zone, qname_wire: bytes, qtype: int, edns: bool) -> tuple[
     entry = zone.lookup(name, qtype)
     if entry is None:
         return None
+    if limit:
+        return entry.rcode, render_truncated(entry, name, qtype, edns, limit, EDNS_PAYLOAD)
     return entry.rcode, render_entry(entry, name, qtype, edns, EDNS_PAYLOAD)
 
 

@@ -173,13 +173,45 @@ def _service_records(svc: Service, slices: list, origin: dns.name.Name, records:
 
 def render_entry(entry: Entry, qname: dns.name.Name, rdtype: int, edns: bool, payload: int = 1232) -> bytes:
     """The response for a lowercased question, ID 0 and the flags the server will fix up."""
+    return _message(entry.rcode, qname, rdtype, entry.answer, entry.authority, entry.additional, edns, payload)
+
+
+def render_truncated(entry: Entry, qname: dns.name.Name, rdtype: int, edns: bool, limit: int,
+                     payload: int = 1232) -> bytes:
+    """The response cut to fit `limit` bytes: as many whole answer records as fit, nothing in the
+    other sections, TC set. What CoreDNS sends (miekg/dns Truncate): a client that does not retry
+    over TCP still gets addresses."""
+    records = [(rrset, rdata) for rrset in entry.answer for rdata in rrset]
+
+    def build(count: int) -> bytes:
+        answer: list[dns.rrset.RRset] = []
+        for rrset, rdata in records[:count]:
+            if not answer or answer[-1].name != rrset.name or answer[-1].rdtype != rrset.rdtype:
+                answer.append(dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype))
+                answer[-1].update_ttl(rrset.ttl)
+            answer[-1].add(rdata)
+        return _message(entry.rcode, qname, rdtype, answer, [], [], edns, payload, dns.flags.TC)
+
+    low, high, best = 0, len(records), build(0)
+    while low < high:  # the most records that fit
+        middle = (low + high + 1) // 2
+        wire = build(middle)
+        if len(wire) <= limit:
+            low, best = middle, wire
+        else:
+            high = middle - 1
+    return best
+
+
+def _message(rcode: int, qname: dns.name.Name, rdtype: int, answer, authority, additional, edns: bool,
+             payload: int, extra_flags: int = 0) -> bytes:
     msg = dns.message.Message(id=0)
-    msg.flags = dns.flags.QR | dns.flags.AA
-    msg.set_rcode(entry.rcode)
+    msg.flags = dns.flags.QR | dns.flags.AA | extra_flags
+    msg.set_rcode(rcode)
     msg.question = [dns.rrset.RRset(qname, dns.rdataclass.IN, rdtype)]
-    msg.answer = list(entry.answer)
-    msg.authority = list(entry.authority)
-    msg.additional = list(entry.additional)
+    msg.answer = list(answer)
+    msg.authority = list(authority)
+    msg.additional = list(additional)
     if edns:
         msg.use_edns(0, payload=payload)
     return msg.to_wire(max_size=65535)

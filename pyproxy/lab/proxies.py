@@ -117,3 +117,42 @@ def _cp(lab: Lab):
     if lab.cp is None:
         raise LabError("this needs a lab with controlPlane: kubernetes")
     return lab.cp
+
+
+def start_coredns(lab: Lab, netns_name: str, port: int = 53, zone: str = "cluster.local", ttl: int = 5) -> Process:
+    """Upstream CoreDNS with its `kubernetes` plugin against the lab's API server, as a cluster's
+    kube-dns would run it (a ServiceAccount with CoreDNS's own ClusterRole)."""
+    cp = _cp(lab)
+    bin_dir = upstream.ensure("coredns")
+    directory = _proxy_dir(lab)
+    cp.api.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "coredns", "namespace": SYSTEM_NS}})
+    cp.api.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "lab-coredns"},
+                  "rules": [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+                             "verbs": ["list", "watch"]},
+                            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]})
+    cp.api.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                  "metadata": {"name": "lab-coredns"},
+                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "lab-coredns"},
+                  "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": SYSTEM_NS}]})
+    kube = write_yaml(os.path.join(directory, "coredns.kubeconfig"),
+                      kubeconfig(cp.server, os.path.join(cp.pki, "ca.crt"), {"token": cp.api.token("coredns", SYSTEM_NS)}))
+    corefile = os.path.join(directory, "Corefile")
+    with open(corefile, "w") as f:
+        f.write(f".:{port} {{\n    errors\n    kubernetes {zone} in-addr.arpa ip6.arpa {{\n"
+                f"        kubeconfig {kube}\n        pods insecure\n        fallthrough in-addr.arpa ip6.arpa\n"
+                f"        ttl {ttl}\n    }}\n    ready 127.0.0.1:8181\n}}\n")
+    proc = start_process("coredns", [os.path.join(bin_dir, "coredns"), "-conf", corefile], netns_name,
+                         os.path.join(directory, "coredns.log"))
+    lab.processes.add(proc)
+    return proc
+
+
+def start_pyproxy_dns(lab: Lab, netns_name: str, kube: str, port: int = 53, zone: str = "cluster.local",
+                      ttl: int = 5) -> Process:
+    """`pyproxy dns serve` against the lab's API server, with pyproxy's ServiceAccount token."""
+    pyproxy = os.path.join(os.path.dirname(sys.executable), "pyproxy")
+    proc = start_process("pyproxy-dns", [pyproxy, "dns", "serve", "--kubeconfig", kube, "--listen", f"0.0.0.0:{port}",
+                                         "--zone", zone, "--ttl", str(ttl)],
+                         netns_name, os.path.join(_proxy_dir(lab), "pyproxy-dns.log"))
+    lab.processes.add(proc)
+    return proc

@@ -128,7 +128,8 @@ def test_case_is_preserved_and_edns_echoed(server):
 def test_large_answers_truncate_over_udp_and_complete_over_tcp(server):
     _, port = server
     r = ask(port, "big.ns.svc.cluster.local")
-    assert r.flags & dns.flags.TC and r.answer == []
+    # as CoreDNS does: the records that fit in 512 bytes, TC set
+    assert r.flags & dns.flags.TC and 0 < len(answers(r)) < 200 and len(r.to_wire()) <= 512
     assert len(answers(ask(port, "big.ns.svc.cluster.local", tcp=True))) == 200
     out = dig(port, "big.ns.svc.cluster.local")  # dig retries over TCP by itself
     assert out.count("IN\tA\t10.245.") == 200
