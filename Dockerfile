@@ -6,6 +6,8 @@ RUN apt-get update \
 COPY pyproject.toml README.md /src/
 COPY pyproxy /src/pyproxy
 RUN python3 -m venv /opt/pyproxy && /opt/pyproxy/bin/pip install --no-cache-dir /src && rm -rf /src
+# invoked as kube-proxy it takes kube-proxy's arguments: a kube-proxy DaemonSet can switch only its image
+RUN ln -s /opt/pyproxy/bin/pyproxy /usr/local/bin/kube-proxy
 ENV PATH=/opt/pyproxy/bin:$PATH
 ENTRYPOINT []
 CMD ["pyproxy", "run"]

@@ -17,9 +17,27 @@ def _print(data: object, output: str) -> None:
         click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
 
 
-@click.group()
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyproxy")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "0+unknown"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="pyproxy", message="%(prog)s %(version)s")
 def main() -> None:
     """pyproxy: a Kubernetes Service dataplane (kube-proxy replacement)."""
+
+
+def entry() -> None:
+    """The console script: invoked as `kube-proxy` (the image links it there, so a kube-proxy
+    DaemonSet can switch only its image), the arguments are kube-proxy's, for `pyproxy run`."""
+    if os.path.basename(sys.argv[0]) == "kube-proxy" and sys.argv[1:2] != ["--version"]:
+        sys.argv.insert(1, "run")
+    main()
 
 
 # -- lab -------------------------------------------------------------------------------------------
@@ -356,7 +374,7 @@ def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dpor
 @click.option("--node", "--hostname-override", "node", default="",
               help="this node's name (default: the config's hostnameOverride, $NODE_NAME, the hostname)")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="KubeProxyConfiguration file")
-@click.option("--backend", type=click.Choice(["iptables", "nftables", "ipvs"]), default=None)
+@click.option("--backend", "--proxy-mode", "backend", type=click.Choice(["iptables", "nftables", "ipvs"]), default=None)
 @click.option("--family", type=click.Choice(["4", "6", "dual"]), default="4", show_default=True,
               help="IP families to program (dual: both, as a dual-stack node needs)")
 @click.option("--cluster-cidr", default=None, help="overrides the config's clusterCIDR")
@@ -365,9 +383,12 @@ def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dpor
 @click.option("--metrics-bind-address", default=None, help="host:port, '' to disable (default 127.0.0.1:10249)")
 @click.option("--proxy-name", default="", help="serve only services labelled service.kubernetes.io/service-proxy-name=NAME")
 @click.option("--once", is_flag=True, help="sync once and exit")
+@click.option("--write-config-to", type=click.Path(dir_okay=False, writable=True),
+              help="write the effective configuration (file, flags and defaults) there and exit")
+@click.option("--v", "klog_v", type=click.IntRange(0, 10), default=None, help="log verbosity, as kube-proxy's --v")
 @click.option("-v", "--verbose", count=True)
 def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, iptables_variant, healthz_bind_address,
-        metrics_bind_address, proxy_name, once, verbose):
+        metrics_bind_address, proxy_name, once, write_config_to, klog_v, verbose):
     """Program this node's rules and keep them in step with the API (or a manifests file)."""
     import logging
     import signal
@@ -376,8 +397,6 @@ def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, ipta
     from .daemon import Daemon, node_name
     from .proxier import Proxier
 
-    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         config = load_config(config_path)
         if cluster_cidr:
@@ -389,7 +408,22 @@ def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, ipta
         click.echo(f"warning: config: {warning}", err=True)
     config = config.with_overrides(mode=backend, iptables_variant=iptables_variant,
                                    healthz_bind_address=healthz_bind_address, metrics_bind_address=metrics_bind_address)
+    # kube-proxy: --v counts like the config's logging.verbosity; 4 and up is debug
+    level = max(klog_v or 0, config.verbosity, 4 if verbose > 1 else 0)
+    logging.basicConfig(level=logging.DEBUG if level >= 4 else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     name = node_name(node, config)
+    if write_config_to:
+        from .config import effective_config
+
+        with open(write_config_to, "w") as f:
+            yaml.safe_dump(effective_config(config, name), f, sort_keys=False)
+        click.echo(f"wrote the effective configuration to {write_config_to}", err=True)
+        return
+    kubeconfig = kubeconfig or config.kubeconfig or None
+    if kubeconfig and not path and not os.path.exists(kubeconfig):
+        click.echo(f"error: kubeconfig {kubeconfig}: no such file", err=True)
+        sys.exit(2)
     if path:
         from .sources.file import FileSource
 
@@ -410,6 +444,11 @@ def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, ipta
     except IpvsUnavailable as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
+    from .nodesetup import apply_conntrack, set_oom_score_adj
+
+    for problem in [set_oom_score_adj(config.oom_score_adj), *apply_conntrack(config)]:
+        if problem:
+            logging.getLogger("pyproxy").warning("%s; going on without it", problem)
     daemon = Daemon(source, proxier, config, serve_http=not once)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())

@@ -358,10 +358,14 @@ class ControlPlane:
         return str(ipaddress.ip_network(self.service_cidrs[0]).network_address + 1)
 
     @property
+    def api_credentials(self) -> tuple[str, str, str]:
+        """(CA, client certificate, key) of the lab's admin."""
+        return tuple(os.path.join(self.pki, name) for name in ("ca.crt", "admin.crt", "admin.key"))
+
+    @property
     def api(self) -> KubeApi:
         if self._api is None:
-            p = lambda name: os.path.join(self.pki, name)  # noqa: E731
-            self._api = KubeApi(self.address, API_PORT, p("ca.crt"), p("admin.crt"), p("admin.key"), self.netns_name)
+            self._api = KubeApi(self.address, API_PORT, *self.api_credentials, self.netns_name)
         return self._api
 
     def log(self, name: str) -> str:

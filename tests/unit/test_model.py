@@ -125,7 +125,7 @@ featureGates: {Foo: true}
     assert (config.masquerade_mark, config.masquerade_all, config.localhost_node_ports) == ("0x8000", True, False)
     assert (config.min_sync_period, config.sync_period, config.conntrack_udp_timeout) == (0.5, 60.0, 30.0)
     assert config.node_port_addresses == ("172.18.0.0/24", "primary") and config.hostname_override == "node-1"
-    assert config.warnings == ("featureGates: unknown field, ignored",)
+    assert config.warnings == ("featureGates.Foo: not a gate that changes pyproxy, ignored",)
 
 
 @pytest.mark.parametrize("raw, message", [
