@@ -89,20 +89,22 @@ class Responder:
             return self._error(qid, flags, dns.rcode.SERVFAIL, question, edns)
         # The finished answer, by the question's wire bytes lowercased (DNS case is ASCII only).
         key = (data[12:qname_end].lower(), qtype, edns)
-        cached = zone.wire_cache.get(key)
+        cache = zone.wire_cache
+        cached = cache.get(key) or zone.negative_wire.get(key)
         if cached is None:
             cached = render_wire(zone, data[12:qname_end], qtype, edns)
             if cached is None:
                 return self._error(qid, flags, dns.rcode.REFUSED, question, edns)
-            zone.wire_cache[key] = cached
+            cache = zone.wire_cache_for(key[0])
+            cache[key] = cached
         rcode, wire = cached
         out_flags = QR | AA | (flags & RD) | rcode
         limit = payload if edns else 512
         if udp and len(wire) > limit:
             # Too big for the client's buffer: the records that fit, TC set (it may retry over TCP).
-            truncated = zone.wire_cache.get((key, limit))
+            truncated = cache.get((key, limit))
             if truncated is None:
-                truncated = zone.wire_cache[(key, limit)] = render_wire(zone, data[12:qname_end], qtype, edns, limit)
+                truncated = cache[(key, limit)] = render_wire(zone, data[12:qname_end], qtype, edns, limit)
             wire = truncated[1]
             out_flags |= TC
         # ID, flags and the client's own spelling of the name (same length, so pointers hold).

@@ -46,6 +46,23 @@ class Entry:
     additional: list[dns.rrset.RRset] = field(default_factory=list)
 
 
+class BoundedCache(dict):
+    """A dict that forgets its oldest entry once it holds `limit` (insertion order, O(1)): memory
+    stays bounded whatever names clients ask for."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key, value) -> None:
+        if len(self) >= self.limit and key not in self:
+            del self[next(iter(self))]
+        super().__setitem__(key, value)
+
+
+NEGATIVE_CACHE_ENTRIES = 4096  # answers for names that do not exist: random names land here
+
+
 @dataclass
 class Zone:
     origin: dns.name.Name
@@ -53,20 +70,35 @@ class Zone:
     records: dict[dns.name.Name, dict[int, list[str]]]  # name -> type -> rdata texts
     additional: dict[dns.name.Name, list[dns.name.Name]]  # SRV owner -> its targets
     soa: dns.rrset.RRset
-    _cache: dict[tuple[dns.name.Name, int], Entry] = field(default_factory=dict)
-    # (lowercased question name in wire form, type, EDNS) -> (rcode, response wire): the server's
-    # hot path, filled on first use; a new zone starts with an empty one.
-    wire_cache: dict[tuple[bytes, int, bool], tuple[int, bytes]] = field(default_factory=dict)
+    # Answers by (name, type), and by (lowercased question name in wire form, type, EDNS) ->
+    # (rcode, response wire) for the server's hot path; filled on first use, a new zone starts
+    # empty. Names in the zone have room for every type asked of them (bounded by the zone's
+    # size); names that are not go to small caches of their own, so a flood of random names
+    # neither grows memory nor pushes real answers out.
+    _cache: dict = field(init=False)
+    wire_cache: dict = field(init=False)
+    _negative: BoundedCache = field(init=False)
+    negative_wire: BoundedCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        room = 8 * (len(self.records) + 1024)
+        self._cache, self.wire_cache = BoundedCache(room), BoundedCache(2 * room)
+        self._negative, self.negative_wire = BoundedCache(NEGATIVE_CACHE_ENTRIES), BoundedCache(NEGATIVE_CACHE_ENTRIES)
+
+    def wire_cache_for(self, qname_wire: bytes) -> dict:
+        """Where the answer for this lowercased wire name is kept."""
+        return self.wire_cache if self.records.get(_name_of(qname_wire)) is not None else self.negative_wire
 
     def lookup(self, name: dns.name.Name, rdtype: int) -> Entry | None:
         """The answer for a lowercased name, or None when we are not authoritative for it."""
         key = (name, rdtype)
-        entry = self._cache.get(key)
+        cache = self._cache if name in self.records else self._negative
+        entry = cache.get(key)
         if entry is None:
             entry = self._answer(name, rdtype)
             if entry is None:
                 return None
-            self._cache[key] = entry
+            cache[key] = entry
         return entry
 
     def _rrset(self, name: dns.name.Name, rdtype: int) -> dns.rrset.RRset | None:
@@ -99,6 +131,17 @@ class Zone:
                     if rr := self._rrset(target, t):
                         additional.append(rr)
         return Entry(dns.rcode.NOERROR, answer=answer, additional=additional)
+
+
+def _name_of(qname_wire: bytes) -> dns.name.Name | None:
+    labels, pos = [], 0
+    while pos < len(qname_wire) and qname_wire[pos]:
+        labels.append(qname_wire[pos + 1: pos + 1 + qname_wire[pos]])
+        pos += 1 + qname_wire[pos]
+    try:
+        return dns.name.Name(labels + [b""])
+    except dns.name.NameTooLong:
+        return None
 
 
 def dashed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:

@@ -27,7 +27,7 @@ from .. import netns
 from . import kubelet
 from .controlplane import ControlPlane, ProcessTable
 from .runtime import CniRuntime
-from .spec import LabSpec, PodSpec, parse_spec
+from .spec import LabSpec, PodSpec, parse_spec, spec_as_raw
 
 LAB_ROOT = "/run/pyproxy-lab"
 ECHO_MODULE = "pyproxy.lab.echo"
@@ -162,8 +162,9 @@ class Lab:
         port = f"sh{index}"
         ip_batch(self.switch_ns, [f"link add {port} type veth peer name eth0 netns {ns}",
                                   f"link set {port} master br0", f"link set {port} up"])
+        v6 = [f"addr add {self.spec.NODE_NETWORK6.network_address + index}/64 dev eth0 nodad"] if self.spec.ipv6 else []
         ip_batch(ns, [f"addr add {self.spec.node_network.network_address + index}/{self.spec.node_network.prefixlen} "
-                      "dev eth0", "link set eth0 up"])
+                      "dev eth0", *v6, "link set eth0 up"])
         return ns
 
     def exec_node(self, node: str, argv: list[str]) -> str:
@@ -214,10 +215,11 @@ class Lab:
         if any(ns.startswith(self.prefix) for ns in list_netns()) or os.path.exists(self.dir):
             raise LabError(f"lab {self.spec.name!r} is already up (or was left half-built): "
                            f"run `pyproxy lab down --name {self.spec.name}` first")
-        self.spec_raw = spec_raw or {}
+        self.spec_raw = spec_raw or spec_as_raw(self.spec)
         os.makedirs(self.dir)
         try:
             self._build_network()
+            self._save()
             if self.cp:
                 self._start_control_plane()
             for pod in self.spec.pods:

@@ -141,6 +141,16 @@ def parse_spec(raw: Any) -> LabSpec:
     return LabSpec(name, node_net, ext_net, tuple(nodes), tuple(pods), cluster, ipv6, control_plane, service_cidr)
 
 
+def spec_as_raw(spec: LabSpec) -> dict[str, Any]:
+    """The lab file that parses back to `spec` (what `lab status` and `lab down` reload)."""
+    return {"name": spec.name, "nodeNetwork": str(spec.node_network), "externalNetwork": str(spec.external_network),
+            "clusterCIDR": str(spec.cluster_cidr), "serviceCIDR": str(spec.service_cidr), "ipv6": spec.ipv6,
+            "controlPlane": spec.control_plane,
+            "nodes": [{"name": n.name, "podCIDR": str(n.pod_cidr)} for n in spec.nodes],
+            "pods": [{"name": p.name, "node": p.node, "ports": list(p.ports), "namespace": p.namespace,
+                      "labels": dict(p.labels)} for p in spec.pods]}
+
+
 def load_spec(path: str) -> LabSpec:
     with open(path) as f:
         return parse_spec(yaml.safe_load(f))

@@ -143,6 +143,23 @@ def test_servfail_until_the_first_sync_then_updates():
     assert dns.message.from_wire(responder.respond(query)).rcode() == dns.rcode.NOERROR
 
 
+def test_random_names_do_not_grow_the_answer_cache():
+    """Finding 5 of the bad-input issue: every unique name asked used to stay cached forever."""
+    from pyproxy.dns.zone import NEGATIVE_CACHE_ENTRIES
+
+    responder = Responder()
+    responder.zone = zone = build_zone(parse_objects(CLUSTER))
+    web = dns.message.make_query("web.ns.svc.cluster.local", "A").to_wire()
+    responder.respond(web)
+    positive = len(zone.wire_cache)
+    for i in range(3 * NEGATIVE_CACHE_ENTRIES):
+        out = responder.respond(dns.message.make_query(f"r{i}.ns.svc.cluster.local", "A").to_wire())
+        assert dns.message.from_wire(out).rcode() == dns.rcode.NXDOMAIN
+    assert len(zone.negative_wire) <= NEGATIVE_CACHE_ENTRIES and len(zone._negative) <= NEGATIVE_CACHE_ENTRIES
+    assert len(zone.wire_cache) == positive, "real answers stay cached, random names do not push them out"
+    assert dns.message.from_wire(responder.respond(web)).answer
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=600))
 def test_random_bytes_never_crash_nor_amplify(data):

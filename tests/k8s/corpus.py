@@ -27,8 +27,10 @@ def _slice(service: str, index: int, endpoints: list[dict], ports: list[dict], f
             "endpoints": endpoints, "ports": ports}
 
 
-def random_case(seed: int, size: int = 8, service_net: str = "10.96.0.0/16") -> tuple[list[dict], dict[str, str]]:
-    """(objects, {service name: LoadBalancer ingress IP}) for one random cluster."""
+def random_case(seed: int, size: int = 8, service_net: str = "10.96.0.0/16",
+                dual: bool = False) -> tuple[list[dict], dict[str, str]]:
+    """(objects, {service name: LoadBalancer ingress IP}) for one random cluster; `dual`: every
+    service dual-stack (an IPv6 cluster IP and IPv6 slices beside the IPv4 ones)."""
     rng = random.Random(seed)
     net = ipaddress.ip_network(service_net)
     objects: list[dict] = []
@@ -53,6 +55,10 @@ def random_case(seed: int, size: int = 8, service_net: str = "10.96.0.0/16") -> 
             ports.append(entry)
         spec: dict[str, Any] = {"type": kind, "clusterIP": str(net.network_address + 1000 + seed * 50 + i),
                                 "ports": ports}
+        if dual:
+            v6 = f"fd00:10:96::{1000 + seed * 50 + i:x}"
+            spec.update(clusterIPs=[spec["clusterIP"], v6], ipFamilies=["IPv4", "IPv6"],
+                        ipFamilyPolicy="RequireDualStack")
         if kind != "ClusterIP" and rng.random() < 0.5:
             spec["externalTrafficPolicy"] = "Local"
         if rng.random() < 0.2:
@@ -81,6 +87,12 @@ def random_case(seed: int, size: int = 8, service_net: str = "10.96.0.0/16") -> 
                                    "terminating": terminating},
                 })
             objects.append(_slice(name, s, endpoints, slice_ports))
+            if dual:
+                v6_endpoints = [{**e, "addresses": [f"fd00:10:244:{e['addresses'][0].split('.')[2]}::"
+                                                    f"{int(e['addresses'][0].split('.')[3]):x}"]} for e in endpoints]
+                v6_slice = _slice(name, s, v6_endpoints, slice_ports, family=6)
+                v6_slice["metadata"]["name"] += "-v6"
+                objects.append(v6_slice)
     return objects, lb
 
 

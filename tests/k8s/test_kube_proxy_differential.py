@@ -24,34 +24,39 @@ SPEC = {"name": "t-dif", "controlPlane": "kubernetes",
 CASES = ["lab-suite"] + [f"random-{seed}" for seed in range(1, 11)]
 
 
-@pytest.fixture(scope="module", params=["legacy", "nft"])
+@pytest.fixture(scope="module", params=["legacy", "nft", "dual-stack"])
 def pair(request):
-    variant = request.param
-    lab = Lab(parse_spec({**SPEC, "name": f"t-d{variant[:3]}"})).up()
+    dual = request.param == "dual-stack"
+    variant = "legacy" if dual else request.param
+    lab = Lab(parse_spec({**SPEC, "name": f"t-d{request.param[:3]}", "ipv6": dual})).up()
     try:
         kube, config = deploy_pyproxy(lab, {"iptables": {"masqueradeBit": 14, "minSyncPeriod": "100ms",
                                                           "syncPeriod": "30s"}})
         kp, py = lab.add_shadow("kp"), lab.add_shadow("py")
         start_kube_proxy(lab, "n1", kp, variant=variant,
                          iptables={"masqueradeBit": 14, "minSyncPeriod": "100ms", "syncPeriod": "30s"})
-        start_pyproxy(lab, "n1", kube, config, "--iptables-variant", variant, netns_name=py)
-        yield lab, variant, kp, py
+        start_pyproxy(lab, "n1", kube, config, "--iptables-variant", variant, "--family", "dual" if dual else "4",
+                      netns_name=py)
+        yield lab, variant, kp, py, dual
     finally:
         lab.down()
 
 
-def rules(lab: Lab, ns: str, variant: str) -> list[str]:
-    return render(ours(normalise(lab.exec_node(ns, [f"iptables-{variant}-save"]))))
+def rules(lab: Lab, ns: str, variant: str, dual: bool) -> list[str]:
+    out = render(ours(normalise(lab.exec_node(ns, [f"iptables-{variant}-save"]))))
+    if dual:
+        out += ["# IPv6"] + render(ours(normalise(lab.exec_node(ns, [f"ip6tables-{variant}-save"]))))
+    return out
 
 
-def converged(lab: Lab, variant: str, kp: str, py: str, timeout: float = 20.0) -> tuple[list[str], list[str]]:
+def converged(lab: Lab, variant: str, kp: str, py: str, dual: bool, timeout: float = 20.0):
     """Both rulesets once they agree (or the last pair seen when they never do), unchanged for a moment."""
     deadline = time.monotonic() + timeout
     while True:
-        a, b = rules(lab, kp, variant), rules(lab, py, variant)
+        a, b = rules(lab, kp, variant, dual), rules(lab, py, variant, dual)
         if a == b:
             time.sleep(1.0)  # still equal a second later: not a moment both were mid-sync
-            a2, b2 = rules(lab, kp, variant), rules(lab, py, variant)
+            a2, b2 = rules(lab, kp, variant, dual), rules(lab, py, variant, dual)
             if a2 == b2:
                 return a2, b2
         if time.monotonic() > deadline:
@@ -59,25 +64,28 @@ def converged(lab: Lab, variant: str, kp: str, py: str, timeout: float = 20.0) -
         time.sleep(0.5)
 
 
-def load_case(name: str) -> tuple[list[dict], dict[str, str]]:
-    return lab_suite_case() if name == "lab-suite" else random_case(int(name.split("-")[1]))
+def load_case(name: str, dual: bool) -> tuple[list[dict], dict[str, str]]:
+    return lab_suite_case() if name == "lab-suite" else random_case(int(name.split("-")[1]), dual=dual)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_the_same_iptables_rules_as_kube_proxy(pair, case):
-    lab, variant, kp, py = pair
+    lab, variant, kp, py, dual = pair
     api = lab.cp.api
-    objects, lb = load_case(case)
+    objects, lb = load_case(case, dual)
     for obj in objects:
         api.apply(obj)
     for name, ip in lb.items():
         set_lb_ingress(api, name, ip)
     try:
-        a, b = converged(lab, variant, kp, py)
+        a, b = converged(lab, variant, kp, py, dual)
         diff = "\n".join(difflib.unified_diff(a, b, "kube-proxy", "pyproxy", lineterm="", n=1))
-        assert a == b, f"case {case}, iptables-{variant}:\n{diff}\n--- pyproxy log tail:\n" \
+        assert a == b, f"case {case}, iptables-{variant}{' dual-stack' if dual else ''}:\n{diff}\n--- pyproxy log tail:\n" \
                        + proxy_log(lab, f"pyproxy-n1@{py}")[-1500:]
         assert any("KUBE-SVC-" in line for line in a), "the case programmed services at all"
+        if dual and case != "lab-suite":
+            v6 = a[a.index("# IPv6"):]
+            assert any("-d fd00:10:96::" in line for line in v6), "IPv6 services were programmed"
     finally:
         for obj in objects:
             api.delete(obj["kind"], obj["metadata"]["name"], "default")
