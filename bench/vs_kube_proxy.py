@@ -114,8 +114,10 @@ def metrics(ns: str) -> dict[str, float]:
 
 
 def metric(values: dict[str, float], name: str) -> float:
-    """A metric's value whatever its labels (kube-proxy labels some by ip_family)."""
-    return sum(v for k, v in values.items() if k == name or k.startswith(name + "{"))
+    """A metric's IPv4 value: kube-proxy labels its sync metrics by ip_family (its IPv6 proxier
+    syncs too, on its own), pyproxy's unlabelled ones are IPv4's here."""
+    labelled = [v for k, v in values.items() if k.startswith(name + "{") and 'ip_family="IPv4"' in k]
+    return labelled[0] if labelled else sum(v for k, v in values.items() if k == name or k.startswith(name + "{"))
 
 
 def last_sync(ns: str) -> float:

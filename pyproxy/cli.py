@@ -207,6 +207,15 @@ def lab_demo(path: str | None, control_plane: str | None) -> None:
 # -- the dataplane -----------------------------------------------------------------------------
 
 
+def _ip_address(value: str, name: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise click.BadParameter(f"{value[:60]!r} is not an IP address", param_hint=name) from None
+
+
 def _default_node() -> str:
     import socket
 
@@ -326,8 +335,10 @@ def diff_cmd(path, node, config_path, backend, family, cluster_cidr, iptables_va
 
 @main.command()
 @cluster_options
-@click.option("--src", required=True, help="source address of the packet")
-@click.option("--dst", required=True, help="destination address")
+@click.option("--src", required=True, callback=lambda ctx, param, value: _ip_address(value, "--src"),
+              help="source address of the packet")
+@click.option("--dst", required=True, callback=lambda ctx, param, value: _ip_address(value, "--dst"),
+              help="destination address")
 @click.option("--dport", required=True, type=click.IntRange(1, 65535))
 @click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"]), default="tcp", show_default=True)
 @click.option("--in-iface", default="", help="interface the packet arrives on (for detectLocalMode by interface)")

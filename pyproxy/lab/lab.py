@@ -59,6 +59,7 @@ class PodState:
     ports: list[int] = field(default_factory=list)
     namespace: str = "default"
     labels: dict[str, str] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)  # the pod's own program instead of the echo server
 
 
 def run(cmd: list[str], stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -120,6 +121,7 @@ class Lab:
         self.pods: dict[str, PodState] = {}
         self.spec_raw: dict[str, Any] = {}
         self._echo_procs: dict[str, subprocess.Popen] = {}
+        self._own_procs: dict[str, subprocess.Popen] = {}
         # programs the lab runs on its nodes (pyproxy, kube-proxy daemons), stopped by `down`
         self.processes = ProcessTable(os.path.join(self.dir, "processes.json"))
         self.cp: ControlPlane | None = None
@@ -344,7 +346,7 @@ class Lab:
         addresses = [ip["address"].split("/")[0] for ip in result["ips"]]
         state = PodState(pod.name, pod.node, ns, addresses[0], container_id, ports=list(pod.ports),
                          namespace=pod.namespace, labels=dict(pod.labels),
-                         ip6=next((a for a in addresses if ":" in a), ""))
+                         ip6=next((a for a in addresses if ":" in a), ""), command=list(pod.command))
         state.pid = self._start_echo(state)
         self.pods[pod.name] = state
         self._save()
@@ -355,13 +357,16 @@ class Lab:
 
     def _start_echo(self, pod: PodState) -> int:
         log = open(os.path.join(self.dir, f"echo-{pod.name}.log"), "w")
+        argv = pod.command or [sys.executable, "-m", ECHO_MODULE, "--name", pod.name,
+                               "--ports", ",".join(map(str, pod.ports))]
         with netns.entered(pod.netns):
-            proc = subprocess.Popen([sys.executable, "-m", ECHO_MODULE, "--name", pod.name,
-                                     "--ports", ",".join(map(str, pod.ports))],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                    start_new_session=True)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log if pod.command else subprocess.PIPE,
+                                    stderr=log, start_new_session=True)
         log.close()
-        self._echo_procs[pod.name] = proc
+        if pod.command:
+            self._own_procs[pod.name] = proc  # no readiness handshake: the user's program
+        else:
+            self._echo_procs[pod.name] = proc
         return proc.pid
 
     def _wait_for_echo(self, pods: list[PodState]) -> None:
@@ -385,7 +390,17 @@ class Lab:
         self._save()
 
     def _stop_echo(self, pod: PodState) -> None:
-        if pod.pid and _is_our_echo(pod.pid, pod.name):
+        own = self._own_procs.pop(pod.name, None)
+        if own is not None:
+            if own.poll() is None:
+                own.terminate()
+                try:
+                    own.wait(5)
+                except subprocess.TimeoutExpired:
+                    own.kill()
+                    own.wait()
+            return
+        if pod.pid and (_is_our_echo(pod.pid, pod.name) or pod.command and _runs(pod.pid, pod.command)):
             os.kill(pod.pid, signal.SIGTERM)
             for _ in range(100):
                 if not os.path.exists(f"/proc/{pod.pid}") or _zombie(pod.pid):
@@ -464,6 +479,15 @@ class Lab:
             "pods": [{"name": p.name, "node": p.node, "ip": p.ip, "netns": p.netns, "echo": alive[p.name]}
                      for p in self.pods.values()],
         }
+
+
+def _runs(pid: int, argv: list[str]) -> bool:
+    """The process still runs this command line (its PID was not reused)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[: len(argv)] == [a.encode() for a in argv]
+    except OSError:
+        return False
 
 
 def _zombie(pid: int) -> bool:

@@ -39,6 +39,7 @@ class PodSpec:
     ports: tuple[int, ...] = DEFAULT_PORTS
     namespace: str = "default"
     labels: dict[str, str] = field(default_factory=dict, hash=False)
+    command: tuple[str, ...] = ()  # run instead of the echo server (started in the pod's namespace)
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,11 @@ def parse_spec(raw: Any) -> LabSpec:
         ports = tuple(item.get("ports") or DEFAULT_PORTS)
         if not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
             raise SpecError(f"{where}.ports: expected port numbers")
+        command = item.get("command") or ()
+        if not isinstance(command, (list, tuple)) or not all(isinstance(c, str) for c in command):
+            raise SpecError(f"{where}.command: expected a list of strings")
         pods.append(PodSpec(_name(item.get("name"), f"{where}.name"), node, ports,
-                            item.get("namespace", "default"), dict(item.get("labels") or {})))
+                            item.get("namespace", "default"), dict(item.get("labels") or {}), tuple(command)))
     if len({p.name for p in pods}) != len(pods):
         raise SpecError("pods: names must be unique")
     ipv6 = raw.get("ipv6", False)
@@ -148,7 +152,8 @@ def spec_as_raw(spec: LabSpec) -> dict[str, Any]:
             "controlPlane": spec.control_plane,
             "nodes": [{"name": n.name, "podCIDR": str(n.pod_cidr)} for n in spec.nodes],
             "pods": [{"name": p.name, "node": p.node, "ports": list(p.ports), "namespace": p.namespace,
-                      "labels": dict(p.labels)} for p in spec.pods]}
+                      "labels": dict(p.labels), **({"command": list(p.command)} if p.command else {})}
+                     for p in spec.pods]}
 
 
 def load_spec(path: str) -> LabSpec:
