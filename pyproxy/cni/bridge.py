@@ -13,7 +13,7 @@ import os
 
 from .. import netns
 from .config import BridgeConf, IPAddress, Route
-from .errors import INTERNAL, INVALID_CONFIG, UNKNOWN_CONTAINER, CniError
+from .errors import INTERNAL, INVALID_CONFIG, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError
 from .netlink import IFF_UP, Link, Netlink, NetlinkError
 from .result import Interface, IPConfig
 
@@ -26,8 +26,11 @@ def open_netns(path: str) -> int:
 
 def netlink_in(path: str) -> Netlink:
     """A netlink socket bound inside the namespace at `path`."""
-    with netns.entered(path):
-        return Netlink()
+    try:
+        with netns.entered(path):
+            return Netlink()
+    except OSError as err:  # setns refuses a file that is not a network namespace
+        raise CniError(UNKNOWN_CONTAINER, f"{path!r} is not a network namespace: {err.strerror}") from None
 
 
 def ensure_bridge(host: Netlink, conf: BridgeConf) -> Link:
@@ -36,7 +39,8 @@ def ensure_bridge(host: Netlink, conf: BridgeConf) -> Link:
         try:
             host.create_bridge(conf.bridge, conf.mtu)
             created = host.link(conf.bridge)
-            assert created is not None
+            if created is None:  # a concurrent DEL of the last pod removed it again
+                raise CniError(TRY_AGAIN_LATER, f"bridge {conf.bridge} vanished while being created")
             # Pin the random MAC: a bridge without an explicit address takes its lowest port's
             # and changes it as pods come and go, which makes neighbours' ARP entries flap.
             host.set_link(created.index, mac=created.mac)
@@ -44,7 +48,8 @@ def ensure_bridge(host: Netlink, conf: BridgeConf) -> Link:
             if err.errno != errno.EEXIST:  # a concurrent ADD created it first
                 raise
         link = host.link(conf.bridge)
-        assert link is not None
+        if link is None:
+            raise CniError(TRY_AGAIN_LATER, f"bridge {conf.bridge} vanished while being set up")
     if link.kind != "bridge":
         raise CniError(INVALID_CONFIG, f"{conf.bridge!r} already exists but is not a bridge")
     host.set_link(link.index, up=True, promisc=True if conf.promisc_mode else None)
@@ -138,7 +143,8 @@ def setup(conf: BridgeConf, netns_path: str, ifname: str, ips: list[IPConfig],
         bridge = ensure_bridge(host, conf)
         host_veth = create_veth(host, conf, netns_fd, ifname)
         veth = host.link(host_veth)
-        assert veth is not None
+        if veth is None:
+            raise CniError(TRY_AGAIN_LATER, f"veth {host_veth} vanished while being set up")
         host.set_link(veth.index, master=bridge.index, up=True)
         if conf.hairpin_mode:
             host.set_hairpin(veth.index, True)

@@ -42,13 +42,16 @@ class Env(NamedTuple):
     path: tuple[str, ...] = ()
 
 
+NETWORK_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
+
+
 def validate_ifname(name: str) -> None:
     if not name:
         raise CniError(INVALID_ENVIRONMENT, "interface name is empty")
-    if len(name) >= IFNAMSIZ:
-        raise CniError(INVALID_ENVIRONMENT, f"interface name is too long: {name!r} has {len(name)} characters, "
-                       f"the limit is {IFNAMSIZ - 1}")
-    if name in (".", "..") or any(c in name for c in "/: \t\n"):
+    if len(name.encode("utf-8", "surrogateescape")) >= IFNAMSIZ:  # the kernel counts bytes
+        raise CniError(INVALID_ENVIRONMENT, f"interface name is too long: {name!r} has "
+                       f"{len(name.encode('utf-8', 'surrogateescape'))} bytes, the limit is {IFNAMSIZ - 1}")
+    if name in (".", "..") or any(c in name for c in "/: \t\n\0"):
         raise CniError(INVALID_ENVIRONMENT, f"interface name contains an invalid character: {name!r}")
 
 
@@ -140,6 +143,8 @@ def decode(stdin: bytes) -> dict[str, Any]:
         conf = json.loads(stdin or b"null")
     except (ValueError, UnicodeDecodeError) as err:
         raise CniError(DECODE_FAILURE, f"failed to decode network configuration: {err}") from None
+    except RecursionError:
+        raise CniError(DECODE_FAILURE, "failed to decode network configuration: nested too deeply") from None
     if not isinstance(conf, dict):
         raise CniError(DECODE_FAILURE, "network configuration must be a JSON object")
     return conf
@@ -156,8 +161,17 @@ def check_version(conf: Mapping[str, Any]) -> str:
 def _typed(conf: Mapping[str, Any], key: str, kind: type, default: Any) -> Any:
     value = conf.get(key, default)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise CniError(INVALID_CONFIG, f"{key}: expected {kind.__name__}, got {value!r}")
+        raise CniError(INVALID_CONFIG, f"{key}: expected {kind.__name__}, got {_shown(value)}")
+    if isinstance(value, str) and "\0" in value:
+        raise CniError(INVALID_CONFIG, f"{key}: contains a NUL byte")
     return value
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_bridge_conf(conf: Mapping[str, Any]) -> BridgeConf:
@@ -165,11 +179,14 @@ def parse_bridge_conf(conf: Mapping[str, Any]) -> BridgeConf:
     name = _typed(conf, "name", str, "")
     if not name:
         raise CniError(INVALID_CONFIG, "network configuration has no name")
+    if not NETWORK_NAME.fullmatch(name):  # the spec's rule: it names files and chains, no paths
+        raise CniError(INVALID_CONFIG, f"name: {name[:64]!r} is not a valid network name "
+                       "(letters, digits, '_', '.' and '-', starting with a letter or digit)")
     bridge = _typed(conf, "bridge", str, "cni0")
     validate_bridge_name(bridge)
     mtu = _typed(conf, "mtu", int, 0)
-    if mtu < 0 or mtu > 65535:
-        raise CniError(INVALID_CONFIG, f"mtu: out of range: {mtu}")
+    if mtu and not 68 <= mtu <= 65535:  # 0: the kernel's default; below 68 IPv4 cannot work
+        raise CniError(INVALID_CONFIG, f"mtu: out of range: {mtu} (68-65535)")
     ipam = _typed(conf, "ipam", dict, {})
     is_default_gateway = _typed(conf, "isDefaultGateway", bool, False)
     prev = conf.get("prevResult")
@@ -203,6 +220,8 @@ def validate_bridge_name(name: str) -> None:
 
 
 def _network(value: Any, where: str) -> IPNetwork:
+    if not isinstance(value, str):
+        raise CniError(INVALID_CONFIG, f"{where}: invalid subnet {_shown(value)}")
     try:
         return ipaddress.ip_network(value)
     except ValueError as err:
@@ -216,9 +235,9 @@ def _network(value: Any, where: str) -> IPNetwork:
 
 def _address(value: Any, where: str) -> IPAddress:
     try:
-        return ipaddress.ip_address(value)
+        return ipaddress.ip_address(value if isinstance(value, str) else "")
     except ValueError:
-        raise CniError(INVALID_CONFIG, f"{where}: invalid IP address {value!r}") from None
+        raise CniError(INVALID_CONFIG, f"{where}: invalid IP address {_shown(value)}") from None
 
 
 def parse_range(raw: Mapping[str, Any], where: str) -> Range:
@@ -261,15 +280,23 @@ def parse_host_local(network_name: str, ipam: Mapping[str, Any]) -> HostLocalCon
             for b in range(a + 1, len(ranges)):
                 if ranges[a].subnet.overlaps(ranges[b].subnet):
                     raise CniError(INVALID_CONFIG, f"ipam.ranges[{i}]: ranges {a} and {b} overlap")
+        for other, earlier in enumerate(sets):
+            if any(r.subnet.overlaps(e.subnet) for r in ranges for e in earlier):
+                raise CniError(INVALID_CONFIG, f"ipam.ranges[{i}]: overlaps range set {other}")
         sets.append(tuple(ranges))
     routes = []
-    for k, raw in enumerate(ipam.get("routes") or []):
+    raw_routes = ipam.get("routes") or []
+    if not isinstance(raw_routes, list):
+        raise CniError(INVALID_CONFIG, "ipam.routes: expected a list of routes")
+    for k, raw in enumerate(raw_routes):
         if not isinstance(raw, dict) or "dst" not in raw:
             raise CniError(INVALID_CONFIG, f"ipam.routes[{k}]: a route needs dst")
         dst = _network(raw["dst"], f"ipam.routes[{k}].dst")
         gw = _address(raw["gw"], f"ipam.routes[{k}].gw") if raw.get("gw") else None
         routes.append(Route(dst, gw))
     data_dir = ipam.get("dataDir") or "/var/lib/cni/networks"
-    if not isinstance(data_dir, str):
-        raise CniError(INVALID_CONFIG, "ipam.dataDir: expected a string")
+    if not isinstance(data_dir, str) or "\0" in data_dir or not data_dir.startswith("/"):
+        raise CniError(INVALID_CONFIG, "ipam.dataDir: expected an absolute path")
+    if len(data_dir) + len(network_name) > 3000:
+        raise CniError(INVALID_CONFIG, "ipam.dataDir: path too long")
     return HostLocalConf(tuple(sets), tuple(routes), data_dir.rstrip("/") + "/" + network_name)

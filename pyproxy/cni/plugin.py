@@ -27,7 +27,7 @@ from .config import (
     parse_bridge_conf,
     parse_env,
 )
-from .errors import INCOMPATIBLE_VERSION, INTERNAL, INVALID_CONFIG, NOT_AVAILABLE, CniError
+from .errors import INCOMPATIBLE_VERSION, INTERNAL, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE, CniError
 from .result import IPConfig, parse, render
 
 Result = dict[str, Any] | None
@@ -36,7 +36,7 @@ Result = dict[str, Any] | None
 def _delegate(env: Env, conf: BridgeConf, command: str, stdin: bytes) -> dict[str, Any]:
     """Run the IPAM plugin named by ipam.type from CNI_PATH, as the spec says."""
     kind = conf.ipam.get("type")
-    if not isinstance(kind, str) or not kind or "/" in kind:
+    if not isinstance(kind, str) or not kind or "/" in kind or "\0" in kind:
         raise CniError(INVALID_CONFIG, f"ipam.type: invalid plugin name {kind!r}")
     for directory in env.path:
         binary = os.path.join(directory, kind)
@@ -186,10 +186,13 @@ def run(environ: Mapping[str, str], stdin: bytes) -> tuple[int, Result]:
     except CniError as err:
         return 1, err.to_json(version)
     except Exception as err:  # noqa: BLE001 - the runtime must always get an error object
-        import traceback
-
-        traceback.print_exc(file=sys.stderr)
-        return 1, CniError(INTERNAL, f"{type(err).__name__}: {err}").to_json(version)
+        where = err.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        origin = f" ({where.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{where.tb_lineno})" if where else ""
+        sys.stderr.write(f"pyproxy-bridge: internal error{origin}: {type(err).__name__}: {str(err)[:200]}\n")
+        code = IO_FAILURE if isinstance(err, OSError) else INTERNAL
+        return 1, CniError(code, f"{type(err).__name__}: {str(err)[:200]}").to_json(version)
 
 
 def main() -> None:
