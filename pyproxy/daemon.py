@@ -3,9 +3,11 @@ per-service health check servers hanging off it. The same loop serves `pyproxy r
 the Kubernetes API source.
 
 Scheduling is kube-proxy's bounded-frequency runner: a change is applied at most minSyncPeriod
-after the previous sync, with a burst of 2 (two syncs may run back to back), a full sync runs
-every syncPeriod and after a failure, and nothing is programmed before Services and
-EndpointSlices have both been listed. Stopping leaves the rules in place.
+after the previous sync, with a burst of 2 (two syncs may run back to back), a sync runs every
+syncPeriod even without changes (a partial one: it rewrites nothing unless the canary is gone),
+a full sync hourly (kube-proxy's fullSyncPeriod), at start and after a failure, and nothing is
+programmed before Services and EndpointSlices have both been listed. Full syncs are rare on
+purpose: they rewrite every chain of ours. Stopping leaves the rules in place.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from .proxier import Proxier, SyncReport
 from .sources.store import Store
 
 log = logging.getLogger("pyproxy")
+
+FULL_SYNC_PERIOD = 3600.0  # kube-proxy's fullSyncPeriod
 
 
 class Source(Protocol):
@@ -112,7 +116,7 @@ class Daemon:
         store = self.source.store
         bucket = TokenBucket(self.config.min_sync_period)
         synced_version = -1
-        last_full = float("-inf")
+        last_full = last_sync = float("-inf")
         failed = False
         waiting_logged = False
         while not self.stop_event.is_set():
@@ -129,9 +133,10 @@ class Daemon:
                 self.metrics.last_queued.set(time.time())
             self._count_changes(store)
             now = time.monotonic()
-            full = failed or now - last_full >= self.config.sync_period
-            if not (pending or full):
-                store.wait_for_change(version, max(0.05, last_full + self.config.sync_period - now))
+            full = failed or now - last_full >= max(FULL_SYNC_PERIOD, self.config.sync_period)
+            periodic = now - last_sync >= self.config.sync_period
+            if not (pending or full or periodic):
+                store.wait_for_change(version, max(0.05, last_sync + self.config.sync_period - now))
                 continue
             delay = bucket.wait_time()
             if delay > 0:
@@ -151,6 +156,7 @@ class Daemon:
                 continue
             failed = False
             synced_version = version
+            last_sync = now
             if full:
                 last_full = now
             self._after_sync(report, cluster)

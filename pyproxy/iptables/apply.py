@@ -144,7 +144,11 @@ class IptablesBackend:
         full = full or self.needs_full_sync()
         lazy = Prerendered(rules) if isinstance(rules, Ruleset) else rules
         try:
-            if full:
+            reconciled = self._reconcile(lazy.materialize()) if full and self.variant == "nft" else None
+            if reconciled is not None:
+                part, written, deleted = reconciled
+                size = self.restore(part) if part else 0
+            elif full:
                 counts: dict[str, int] = {}
                 lines = self._whole_tables(lazy, counts) if self.variant == "nft" else self._full(lazy, counts)
                 size = self.restore(lines, noflush=self.variant != "nft")
@@ -181,13 +185,62 @@ class IptablesBackend:
         return itertools.chain(("*mangle", f":{CANARY} - [0:0]", "COMMIT"),
                                lazy.nat_lines(head=[f":{CANARY} - [0:0]"], tail=nat_tail), filter_table())
 
+    # Past this many chains to write, iptables-nft-restore --noflush (1.8.9) is slower than a
+    # whole-table rewrite: its cache looks chains up linearly (measured: 1.5 s for 1,000 services'
+    # 11,000 chains, 458 s for 10,000 services').
+    NOFLUSH_CHAIN_LIMIT = 2000
+
+    def _reconcile(self, ruleset: Ruleset) -> tuple[list[str], int, int] | None:
+        """A full sync for iptables-nft that writes only the chains of ours that differ from the
+        kernel (by their rule count there, and by what this process last wrote), with --noflush:
+        other programs' rules are not touched, their counters not reset. None when it cannot be
+        done that way (nothing remembered, the canary gone, too many chains to write): then the
+        tables are rewritten whole."""
+        if self._services is None or not self.canary_present():
+            return None
+        live = self.save("filter", "nat", "mangle")
+        remembered = {("nat", c): lines for rules in self._services.values() for c, lines in rules.chains.items()}
+        remembered.update(self._shared)
+        text: list[str] = []
+        written = deleted = 0
+        for table, order in (("filter", ruleset.filter_chains), ("nat", ruleset.nat_chains)):
+            state = live[table]
+            in_kernel: dict[str, int] = {}
+            for rule in state.rules:
+                chain = rule.split(None, 2)[1]
+                in_kernel[chain] = in_kernel.get(chain, 0) + 1
+            desired = {c: ruleset.shared.get((table, c), []) for c in order}
+            if table == "nat":
+                desired.update(ruleset.service_chains())
+            changed = [c for c, lines in desired.items()
+                       if c not in state.chains or in_kernel.get(c, 0) != len(lines) or remembered.get((table, c)) != lines]
+            stale = sorted(c for c in state.chains if c not in desired and c != CANARY
+                           and (c in OWN_CHAINS[table] or c.startswith(SERVICE_CHAIN_PREFIXES)))
+            jumps = missing_jumps(ruleset.jumps, table, state)
+            if len(changed) + len(stale) > self.NOFLUSH_CHAIN_LIMIT:
+                return None
+            if not (changed or stale or jumps):
+                continue
+            deletes, removals = chain_removal(state, stale) if stale else ([], [])
+            rewritten = set(changed)  # their old rules go with the flush: no -D for those
+            deletes = [d for d in deletes if d.split(None, 2)[1] not in rewritten]
+            text += [f"*{table}", *(f":{c} - [0:0]" for c in changed), *deletes]
+            for c in changed:
+                text += desired[c]
+            text += [*jumps, *removals, "COMMIT"]
+            written += len(changed)
+            deleted += len(stale)
+        return text, written, deleted
+
     def _whole_tables(self, lazy: LazyRuleset | Prerendered, counts: dict[str, int]) -> Iterator[str]:
         """A full sync for iptables-nft: `iptables-nft-restore --noflush` spends minutes in user
         space on a big input (6 s at 1,000 services, over 15 min at 10,000), while a plain
-        restore of whole tables is fast. So the tables are rewritten whole: everything that is
-        not ours is carried over from a fresh save, in its order, and our jumps go first in the
-        built-in chains, as kube-proxy's prepends put them. (Between that save and the restore,
-        another writer's change to these tables would be lost: full syncs are rare.)"""
+        restore of whole tables is fast. So at a cold start (or when most chains changed) the
+        tables are rewritten whole: everything that is not ours is carried over from a fresh
+        save, in its order, and our jumps go first in the built-in chains, as kube-proxy's
+        prepends put them. (Between that save and the restore, another writer's change to these
+        tables would be lost, and foreign counters restart: so this happens only when
+        _reconcile cannot do the sync.)"""
         live = self.save("filter", "nat", "mangle")
 
         def foreign(name: str) -> tuple[list[str], list[str]]:

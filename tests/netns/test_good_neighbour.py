@@ -1,0 +1,113 @@
+"""Other programs' rules survive pyproxy's syncs (the node-safety issue): a foreign writer adds
+and removes rules and chains in filter, nat and mangle in a tight loop while pyproxy runs full
+and partial syncs; at the end every foreign rule is there once, and a foreign rule's packet
+counter never went down."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from pyproxy import netns
+from pyproxy.config import ProxyConfig
+from pyproxy.model import parse_objects
+from pyproxy.proxier import Proxier
+
+SERVICES = 200
+
+
+def cluster(generation: int):
+    objs = []
+    for i in range(SERVICES):
+        objs.append({"kind": "Service", "metadata": {"namespace": "ns", "name": f"s{i}"},
+                     "spec": {"clusterIP": f"10.96.{i // 250}.{i % 250 + 1}", "ports": [{"port": 80}]}})
+        objs.append({"kind": "EndpointSlice", "addressType": "IPv4",
+                     "metadata": {"namespace": "ns", "name": f"s{i}-a", "labels": {"kubernetes.io/service-name": f"s{i}"}},
+                     "endpoints": [{"addresses": [f"10.244.{(i + generation) % 200}.{j + 1}"]} for j in range(3)],
+                     "ports": [{"name": "", "port": 8080}]})
+    return parse_objects(objs)
+
+
+def counter(ns: str, variant: str) -> int:
+    out = subprocess.run(["ip", "netns", "exec", ns, f"iptables-{variant}", "-w", "-t", "filter", "-L", "OUTPUT",
+                          "-v", "-x", "-n"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "FOREIGN-COUNT" in line:
+            return int(line.split()[0])
+    raise AssertionError(f"the counting rule is gone:\n{out}")
+
+
+def foreign_rules(ns: str, variant: str) -> list[str]:
+    save = subprocess.run(["ip", "netns", "exec", ns, f"iptables-{variant}-save"], capture_output=True, text=True).stdout
+    return [line for line in save.splitlines() if "foreign-" in line]
+
+
+@pytest.mark.parametrize("variant", ["nft", "legacy"])
+def test_foreign_rules_added_during_full_and_partial_syncs_survive(namespaces, variant):
+    ns = namespaces.new("neigh")
+    tool = ["ip", "netns", "exec", ns, f"iptables-{variant}", "-w"]
+    subprocess.run([*tool, "-A", "OUTPUT", "-o", "lo", "-p", "udp", "--dport", "9", "-m", "comment", "--comment",
+                    "FOREIGN-COUNT", "-j", "ACCEPT"], check=True)
+    config = ProxyConfig(cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),), iptables_variant=variant)
+    with netns.entered(ns):
+        proxier = Proxier("n1", config, (4,))
+        proxier.sync(cluster(0), full=True)  # the cold start
+    expected: dict[str, str] = {}  # comment -> table
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            table = ("filter", "nat", "mangle")[i % 3]
+            chain = {"filter": "INPUT", "nat": "POSTROUTING", "mangle": "PREROUTING"}[table]
+            tag = f"foreign-{i}"
+            proc = subprocess.run([*tool, "-t", table, "-A", chain, "-s", f"192.0.2.{i % 250 + 1}", "-m", "comment",
+                                   "--comment", tag, "-j", "RETURN"], capture_output=True, text=True)
+            if proc.returncode:
+                errors.append(proc.stderr)
+            else:
+                expected[tag] = table
+            if i % 4 == 3:  # and take one away again
+                old = f"foreign-{i - 2}"
+                if old in expected:
+                    t = expected.pop(old)
+                    c = {"filter": "INPUT", "nat": "POSTROUTING", "mangle": "PREROUTING"}[t]
+                    subprocess.run([*tool, "-t", t, "-D", c, "-s", f"192.0.2.{(i - 2) % 250 + 1}", "-m", "comment",
+                                    "--comment", old, "-j", "RETURN"], capture_output=True)
+            if i % 10 == 0:  # a foreign chain too
+                subprocess.run([*tool, "-t", table, "-N", f"FOREIGN-{i}"], capture_output=True)
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    last_count = 0
+    try:
+        deadline = time.monotonic() + 20
+        generation = 1
+        while time.monotonic() < deadline:
+            with netns.entered(ns):
+                proxier.sync(cluster(generation), full=generation % 3 == 0)
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.sendto(b"x", ("127.0.0.1", 9))  # counted by the foreign rule
+            count = counter(ns, variant)
+            assert count >= last_count, f"a foreign counter went down: {last_count} -> {count}"
+            last_count = count
+            generation += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[:3]
+    present = foreign_rules(ns, variant)
+    tags = [re.search(r"foreign-\d+", line).group(0) for line in present]
+    assert sorted(tags) == sorted(expected), (
+        f"lost: {sorted(set(expected) - set(tags))[:10]}, unexpected: {sorted(set(tags) - set(expected))[:10]}")
+    assert len(tags) == len(set(tags)), "no foreign rule duplicated"
+    assert last_count > 0 and generation > 10
