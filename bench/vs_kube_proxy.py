@@ -138,7 +138,8 @@ def peak_rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
-def run_one(lab: Lab, who: str, mode: str, n: int, kube_config: tuple[str, str]) -> dict[str, float]:
+def run_one(lab: Lab, who: str, mode: str, n: int, kube_config: tuple[str, str],
+            initial_timeout: float = 1800) -> dict[str, float]:
     ns = lab.add_shadow(f"{who[:2]}-{mode}-{n // 1000}k")
     variant = mode if mode in ("legacy", "nft") else "legacy"
     proxy_mode = "nftables" if mode == "nftables" else "iptables"
@@ -150,11 +151,17 @@ def run_one(lab: Lab, who: str, mode: str, n: int, kube_config: tuple[str, str])
         proc = start_pyproxy(lab, "n1", kube_config[0], kube_config[1], *(
             ["--iptables-variant", variant, "--backend", proxy_mode]), netns_name=ns)
     # the initial sync: the first sync that ends after the process listed everything
-    deadline = time.monotonic() + 1800
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + initial_timeout
+    while True:
         stamp = last_sync(ns)
         if stamp and synced_all(ns, n, proxy_mode, variant):
             break
+        if time.monotonic() > deadline:  # reported as "more than", the process is stopped
+            cpu, rss = cpu_seconds(proc.pid), peak_rss_mb(proc.pid)
+            lab.processes.stop(proc.name)
+            nan = float("nan")
+            return {"initial sync s": float("inf"), "one change ms": nan, "programming ms": nan,
+                    "CPU s initial": cpu, "peak RSS MB": rss}
         time.sleep(0.05)
     initial = time.time() - start_wall
     cpu = cpu_seconds(proc.pid)
@@ -198,6 +205,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--modes", default="legacy,nft,nftables")
+    parser.add_argument("--initial-timeout", type=float, default=600,
+                        help="give up on an initial sync after this many seconds (printed as inf)")
     args = parser.parse_args()
     rows = []
     for n in map(int, args.sizes.split(",")):
@@ -209,7 +218,7 @@ def main() -> None:
             for mode in args.modes.split(","):
                 figures = {}
                 for who in ("kube-proxy", "pyproxy"):
-                    figures[who] = run_one(lab, who, mode, n, (kube, config))
+                    figures[who] = run_one(lab, who, mode, n, (kube, config), args.initial_timeout)
                     print(f"  {mode:<8} {who:<10} " + ", ".join(f"{k} {v:.2f}" for k, v in figures[who].items()),
                           flush=True)
                 rows.append((n, mode, figures))

@@ -246,14 +246,27 @@ class Process:
         if not self.alive():
             _reap(self.pid)
             return
-        os.kill(self.pid, signal.SIGTERM)
+        self._signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while self.alive() and time.monotonic() < deadline:
             _reap(self.pid)
             time.sleep(0.05)
         if self.alive():
-            os.kill(self.pid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
         _reap(self.pid)
+        self._signal(signal.SIGKILL, group_only=True)  # what it started (kube-proxy's iptables-restore)
+
+    def _signal(self, sig: int, group_only: bool = False) -> None:
+        """The process and its children: it leads a process group of its own (started with
+        start_new_session), so the group is exactly what we started."""
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            if not group_only:
+                try:
+                    os.kill(self.pid, sig)
+                except ProcessLookupError:
+                    pass
 
 
 def _reap(pid: int) -> None:
