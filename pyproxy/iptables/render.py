@@ -69,8 +69,9 @@ def jump_chains(family: int, config: ProxyConfig) -> list[Jump]:
         Jump("nat", "PREROUTING", c("kubernetes service portals"), KUBE_SERVICES),
         Jump("nat", "POSTROUTING", c("kubernetes postrouting rules"), KUBE_POSTROUTING),
     ]
-    if family == 4 and config.localhost_node_ports:
-        jumps += [Jump("filter", "INPUT", (), KUBE_FIREWALL), Jump("filter", "OUTPUT", (), KUBE_FIREWALL)]
+    # kubelet's KUBE-FIREWALL: kube-proxy ensures the chain and these jumps in every family and
+    # mode of its own (its iptablesKubeletJumpChains); only IPv4 with localhostNodePorts gets a rule.
+    jumps += [Jump("filter", "INPUT", (), KUBE_FIREWALL), Jump("filter", "OUTPUT", (), KUBE_FIREWALL)]
     return jumps
 
 
@@ -437,9 +438,8 @@ def render(view: NodeView, config: ProxyConfig, family: int = 4, random_fully: b
 def assemble(view: NodeView, config: ProxyConfig, family: int, services: dict[str, ServiceRules],
              random_fully: bool = True) -> Ruleset:
     mark = config.masquerade_mark
-    filter_chains = [KUBE_NODEPORTS, KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_PROXY_FIREWALL]
-    if family == 4 and config.localhost_node_ports:
-        filter_chains.insert(3, KUBE_FIREWALL)
+    filter_chains = [KUBE_NODEPORTS, KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD,
+                     KUBE_PROXY_FIREWALL]
     nat_chains = list(NAT_CHAINS)
     shared: dict[tuple[str, str], list[str]] = {}
     for rules in services.values():

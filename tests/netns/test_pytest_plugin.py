@@ -79,3 +79,24 @@ def test_an_unsuitable_machine_is_a_skip_with_the_reason(monkeypatch):
     assert testing.unavailable_reason() == "the pyproxy lab needs root (it creates network namespaces)"
     with pytest.raises(testing.LabUnavailable):
         testing.Cluster({"nodes": [{"name": "n1", "podCIDR": "10.244.1.0/24"}]})
+
+
+def test_the_real_control_plane_is_an_opt_in_with_kubectl():
+    from pyproxy.testing import Cluster, service
+
+    spec = {"nodes": [{"name": "n1", "podCIDR": "10.244.1.0/24"}],
+            "pods": [{"name": "web", "node": "n1", "labels": {"app": "web"}}, {"name": "client", "node": "n1"}]}
+    with Cluster(spec, control_plane="kubernetes") as cluster:
+        cluster.apply([service("web", {"app": "web"}, "10.96.0.10", 80)])
+        deadline = time.monotonic() + 20
+        while True:  # pyproxy follows the API server: the slice comes from its controller
+            try:
+                if cluster.request("client", "10.96.0.10", 80, timeout=0.5).pod == "web":
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the Service was not served through the API"
+            time.sleep(0.2)
+        assert "web" in cluster.kubectl("get", "endpointslices", "-o", "name")
+        name = cluster._lab.prefix
+    assert not [ns for ns in list_netns() if ns.startswith(name)]
