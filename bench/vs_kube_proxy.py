@@ -34,7 +34,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pyproxy import netns  # noqa: E402
 from pyproxy.lab import Lab  # noqa: E402
-from pyproxy.lab.controlplane import Process  # noqa: E402
 from pyproxy.lab.proxies import deploy_pyproxy, start_kube_proxy, start_pyproxy  # noqa: E402
 from pyproxy.lab.spec import parse_spec  # noqa: E402
 

@@ -397,9 +397,12 @@ def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dpor
 @click.option("--write-config-to", type=click.Path(dir_okay=False, writable=True),
               help="write the effective configuration (file, flags and defaults) there and exit")
 @click.option("--v", "klog_v", type=click.IntRange(0, 10), default=None, help="log verbosity, as kube-proxy's --v")
+@click.option("--cleanup", "cleanup_only", is_flag=True, help="remove every rule of ours (all modes) and exit")
+@click.option("--init-only", is_flag=True, help="only the node setup (OOM score, conntrack sysctls), then exit")
 @click.option("-v", "--verbose", count=True)
-def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, iptables_variant, healthz_bind_address,
-        metrics_bind_address, proxy_name, once, write_config_to, klog_v, verbose):
+@click.pass_context
+def run(ctx, path, kubeconfig, node, config_path, backend, family, cluster_cidr, iptables_variant, healthz_bind_address,
+        metrics_bind_address, proxy_name, once, write_config_to, klog_v, cleanup_only, init_only, verbose):
     """Program this node's rules and keep them in step with the API (or a manifests file)."""
     import logging
     import signal
@@ -431,6 +434,17 @@ def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, ipta
             yaml.safe_dump(effective_config(config, name), f, sort_keys=False)
         click.echo(f"wrote the effective configuration to {write_config_to}", err=True)
         return
+    if cleanup_only:
+        ctx.invoke(cleanup, iptables_variant="both", nftables_table=config.nftables_table)
+        return
+    if init_only:
+        from .nodesetup import apply_conntrack, set_oom_score_adj
+
+        for problem in [set_oom_score_adj(config.oom_score_adj), *apply_conntrack(config)]:
+            if problem:
+                click.echo(f"warning: {problem}", err=True)
+        click.echo("node setup done (--init-only)", err=True)
+        return
     kubeconfig = kubeconfig or config.kubeconfig or None
     if kubeconfig and not path and not os.path.exists(kubeconfig):
         click.echo(f"error: kubeconfig {kubeconfig}: no such file", err=True)
@@ -461,6 +475,10 @@ def run(path, kubeconfig, node, config_path, backend, family, cluster_cidr, ipta
         if problem:
             logging.getLogger("pyproxy").warning("%s; going on without it", problem)
     daemon = Daemon(source, proxier, config, serve_http=not once)
+    if config_path and not once:
+        from .daemon import exit_when_changed
+
+        exit_when_changed(config_path, daemon)
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
     logging.getLogger("pyproxy").info("pyproxy starting on node %s (%s)", name, "file " + path if path else "API")

@@ -77,6 +77,7 @@ class Daemon:
         self.serve_http = serve_http
         self.servers: list = []
         self.stop_event = threading.Event()
+        self.exit_code = 0  # what run() returns after a stop asked for by the daemon itself
         self.latencies: list[float] = []  # network programming latencies seen (for benchmarks)
         self.syncs = 0
         self._triggers: dict[str, str] = {}
@@ -85,7 +86,7 @@ class Daemon:
     def start_http(self) -> None:
         for address, factory in ((self.config.healthz_bind_address,
                                   lambda a: health_server(a, self.health, self.metrics.count_health)),
-                                 (self.config.metrics_bind_address, self.metrics.serve)):
+                                 (self.config.metrics_bind_address, lambda a: self.metrics.serve(a, self._status_routes()))):
             if address:
                 try:
                     self.servers.append(factory(address))
@@ -103,7 +104,7 @@ class Daemon:
             self.start_http()
         self.source.start()
         try:
-            return self._loop(once)
+            return self._loop(once) or self.exit_code
         finally:
             self.source.stop()
             self.service_health.close()
@@ -171,6 +172,21 @@ class Daemon:
         self.metrics.endpoint_changes.inc(endpoints - seen_e)
         self._changes_seen = (services, endpoints)
 
+    def _status_routes(self) -> dict:
+        """kube-proxy's paths on the metrics address besides /metrics."""
+        import json
+
+        from .config import effective_config
+
+        def healthz():
+            code, body = self.health.healthz()
+            return code, "application/json", json.dumps(body).encode()
+
+        configz = {"kubeproxy.config.k8s.io": effective_config(self.config, self.proxier.node_name)}
+        return {"/proxyMode": lambda: (200, "text/plain; charset=utf-8", self.config.mode.encode()),
+                "/configz": lambda: (200, "application/json", json.dumps(configz).encode()),
+                "/healthz": healthz}
+
     def _after_sync(self, report: SyncReport, cluster) -> None:
         now = time.time()
         self.health.updated()
@@ -208,6 +224,33 @@ class Daemon:
                 wanted[p.health_check_node_port] = (p.namespace, p.name, count)
         self.service_health.sync(wanted)
         self.syncs += 1
+
+
+def exit_when_changed(path: str, daemon: "Daemon", poll: float = 2.0) -> threading.Thread:
+    """As kube-proxy does with its --config file: when the file changes, stop (exit 1) so that
+    the DaemonSet restarts the proxy with the new configuration."""
+    import os
+
+    def stamp():
+        try:
+            st = os.stat(path)
+            with open(path, "rb") as f:
+                return st.st_ino, f.read()
+        except OSError as err:
+            return ("gone", err.errno)
+
+    def watch() -> None:
+        first = stamp()
+        while not daemon.stop_event.wait(poll):
+            if stamp() != first:
+                log.error("the configuration file %s changed: exiting to be restarted with it", path)
+                daemon.exit_code = 1
+                daemon.stop()
+                return
+
+    thread = threading.Thread(target=watch, name="config-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def node_name(override: str = "", config: ProxyConfig | None = None) -> str:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: F401
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .health import serve
@@ -18,6 +19,7 @@ _LATENCY_BUCKETS = (0.25, 0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 30, 45, 60
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_* (CPU, memory, fds, start time), as kube-proxy exports
         self.sync_duration = Histogram("kubeproxy_sync_proxy_rules_duration_seconds",
                                        "SyncProxyRules latency in seconds", buckets=_BUCKETS, registry=r)
         self.full_sync_duration = Histogram("kubeproxy_sync_full_proxy_rules_duration_seconds",
@@ -66,20 +68,28 @@ class Metrics:
         self.network_programming.observe(latency)
         return latency
 
-    def serve(self, address: str) -> ThreadingHTTPServer:
+    def serve(self, address: str, extra: dict[str, Callable[[], tuple[int, str, bytes]]] | None = None
+              ) -> ThreadingHTTPServer:
+        """/metrics, and kube-proxy's other paths on the metrics address (`extra`: path ->
+        (status, content type, body), e.g. /proxyMode, /configz, /healthz)."""
         registry = self.registry
+        routes = dict(extra or {})
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802
-                if self.path.split("?")[0] != "/metrics":
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    code, kind, data = 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+                elif path in routes:
+                    code, kind, data = routes[path]()
+                else:
                     self.send_error(404)
                     return
-                data = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

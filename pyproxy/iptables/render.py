@@ -452,7 +452,8 @@ def assemble(view: NodeView, config: ProxyConfig, family: int, services: dict[st
     if family == 4 and config.localhost_node_ports:
         add("filter", KUBE_FIREWALL, *_comment("block incoming localnet connections"), "-d", "127.0.0.0/8",
             "!", "-s", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP")
-    add("filter", KUBE_FORWARD, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+    if not config.conntrack_tcp_be_liberal:  # the kernel then accepts those packets itself, as kube-proxy leaves it
+        add("filter", KUBE_FORWARD, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
     add("filter", KUBE_FORWARD, *_comment("kubernetes forwarding rules"), "-m", "mark", "--mark",
         f"{mark}/{mark}", "-j", "ACCEPT")
     add("filter", KUBE_FORWARD, *_comment("kubernetes forwarding conntrack rule"), "-m", "conntrack",

@@ -90,17 +90,11 @@ def iptables_bin_dir(lab: Lab, variant: str) -> str:
 def start_kube_proxy(lab: Lab, node: str, netns_name: str, mode: str = "iptables", variant: str = "legacy",
                      **fields: Any) -> Process:
     """Upstream kube-proxy for `node`, in `netns_name` (a node's namespace, or one of its own
-    for side-by-side runs), with the admin credential's access narrowed to kube-proxy's own role."""
-    cp = _cp(lab)
+    for side-by-side runs), with a kube-proxy ServiceAccount bound to system:node-proxier, as
+    kubeadm deploys it."""
     bin_dir = upstream.ensure("kube-proxy")
     directory = _proxy_dir(lab)
-    cp.api.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kube-proxy", "namespace": SYSTEM_NS}})
-    cp.api.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                  "metadata": {"name": "lab-kube-proxy"},
-                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-proxier"},
-                  "subjects": [{"kind": "ServiceAccount", "name": "kube-proxy", "namespace": SYSTEM_NS}]})
-    kube = write_yaml(os.path.join(directory, "kube-proxy.kubeconfig"),
-                      kubeconfig(cp.server, os.path.join(cp.pki, "ca.crt"), {"token": cp.api.token("kube-proxy", SYSTEM_NS)}))
+    kube = _service_account_kubeconfig(lab, "kube-proxy", "system:node-proxier")
     name = f"kube-proxy-{node}@{netns_name}"
     config = kube_proxy_config(lab, mode, **fields)
     config["clientConnection"] = {"kubeconfig": kube}
@@ -111,6 +105,18 @@ def start_kube_proxy(lab: Lab, node: str, netns_name: str, mode: str = "iptables
                          netns_name, os.path.join(directory, f"{name}.log"), env=env)
     lab.processes.add(proc)
     return proc
+
+
+def _service_account_kubeconfig(lab: Lab, name: str, cluster_role: str) -> str:
+    """A kube-system ServiceAccount bound to `cluster_role`, and a kubeconfig with its token."""
+    cp = _cp(lab)
+    cp.api.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": SYSTEM_NS}})
+    cp.api.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                  "metadata": {"name": f"lab-{name}"},
+                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+                  "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": SYSTEM_NS}]})
+    return write_yaml(os.path.join(_proxy_dir(lab), f"{name}.kubeconfig"),
+                      kubeconfig(cp.server, os.path.join(cp.pki, "ca.crt"), {"token": cp.api.token(name, SYSTEM_NS)}))
 
 
 def _cp(lab: Lab):
@@ -125,17 +131,11 @@ def start_coredns(lab: Lab, netns_name: str, port: int = 53, zone: str = "cluste
     cp = _cp(lab)
     bin_dir = upstream.ensure("coredns")
     directory = _proxy_dir(lab)
-    cp.api.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "coredns", "namespace": SYSTEM_NS}})
     cp.api.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "lab-coredns"},
                   "rules": [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
                              "verbs": ["list", "watch"]},
                             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]})
-    cp.api.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                  "metadata": {"name": "lab-coredns"},
-                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "lab-coredns"},
-                  "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": SYSTEM_NS}]})
-    kube = write_yaml(os.path.join(directory, "coredns.kubeconfig"),
-                      kubeconfig(cp.server, os.path.join(cp.pki, "ca.crt"), {"token": cp.api.token("coredns", SYSTEM_NS)}))
+    kube = _service_account_kubeconfig(lab, "coredns", "lab-coredns")
     corefile = os.path.join(directory, "Corefile")
     with open(corefile, "w") as f:
         f.write(f".:{port} {{\n    errors\n    kubernetes {zone} in-addr.arpa ip6.arpa {{\n"

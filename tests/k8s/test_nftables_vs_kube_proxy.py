@@ -11,20 +11,11 @@ import pytest
 from pyproxy.lab import Lab
 from pyproxy.lab.proxies import deploy_pyproxy, start_kube_proxy, start_pyproxy
 from pyproxy.lab.spec import parse_spec
+from tests.netns.test_services import SPEC as LAB_SUITE
 
 from .helpers import eventually, service, set_lb_ingress
 
-SPEC = {
-    "name": "t-nftd", "controlPlane": "kubernetes",
-    "nodes": [{"name": "n1", "podCIDR": "10.244.1.0/24"}, {"name": "n2", "podCIDR": "10.244.2.0/24"}],
-    "pods": [
-        {"name": "web-1", "node": "n1", "labels": {"app": "web"}},
-        {"name": "web-2", "node": "n2", "labels": {"app": "web"}},
-        {"name": "solo", "node": "n2", "labels": {"app": "solo"}},
-        {"name": "client-1", "node": "n1", "labels": {"app": "client"}},
-        {"name": "client-2", "node": "n2", "labels": {"app": "client"}},
-    ],
-}
+SPEC = {**LAB_SUITE, "name": "t-nftd", "controlPlane": "kubernetes"}  # the lab suite's nodes and pods
 EXTERNAL_IP, LB_IP = "172.18.100.10", "172.18.100.20"
 
 

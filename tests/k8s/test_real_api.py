@@ -20,20 +20,11 @@ from pyproxy.lab import Lab
 from pyproxy.lab.controlplane import Process
 from pyproxy.lab.proxies import deploy_pyproxy, start_pyproxy
 from pyproxy.lab.spec import parse_spec
+from tests.netns.test_services import SPEC as LAB_SUITE
 
 from .helpers import answered_by, eventually, proxy_log, service, set_lb_ingress
 
-SPEC = {
-    "name": "t-kapi", "controlPlane": "kubernetes",
-    "nodes": [{"name": "n1", "podCIDR": "10.244.1.0/24"}, {"name": "n2", "podCIDR": "10.244.2.0/24"}],
-    "pods": [
-        {"name": "web-1", "node": "n1", "labels": {"app": "web"}},
-        {"name": "web-2", "node": "n2", "labels": {"app": "web"}},
-        {"name": "solo", "node": "n2", "labels": {"app": "solo"}},
-        {"name": "client-1", "node": "n1", "labels": {"app": "client"}},
-        {"name": "client-2", "node": "n2", "labels": {"app": "client"}},
-    ],
-}
+SPEC = {**LAB_SUITE, "name": "t-kapi", "controlPlane": "kubernetes"}  # the lab suite's nodes and pods
 EXTERNAL_IP = "172.18.100.10"
 LB_IP = "172.18.100.20"
 

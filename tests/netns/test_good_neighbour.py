@@ -6,7 +6,6 @@ counter never went down."""
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import socket
 import subprocess

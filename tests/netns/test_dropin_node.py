@@ -1,0 +1,97 @@
+"""kube-proxy's behaviour at start and while running, on a node (a namespace made here): the
+node setup kube-proxy does (conntrack sysctls, --init-only), the metrics address's other paths,
+and exiting when the configuration file changes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+
+import yaml
+
+from pyproxy import netns
+
+PYPROXY = os.path.join(os.path.dirname(sys.executable), "pyproxy")
+MANIFEST = {"apiVersion": "v1", "kind": "List", "items": [
+    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+     "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}}]}
+
+
+def sysctl(ns: str, key: str) -> str:
+    with netns.entered(ns), open("/proc/sys/" + key.replace(".", "/")) as f:
+        return f.read().strip()
+
+
+def get(ns: str, port: int, path: str) -> tuple[int, str, bytes]:
+    with netns.entered(ns):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+        conn.connect()
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Type", ""), resp.read()
+    finally:
+        conn.close()
+
+
+def config_file(tmp_path, **fields) -> str:
+    path = tmp_path / "config.conf"
+    path.write_text(yaml.safe_dump({"apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
+                                    "clusterCIDR": "10.244.0.0/16", **fields}))
+    return str(path)
+
+
+def test_init_only_applies_the_conntrack_sysctls_in_the_nodes_namespace(namespaces, tmp_path):
+    ns = namespaces.new("init")
+    config = config_file(tmp_path, conntrack={"tcpEstablishedTimeout": "2h", "tcpCloseWaitTimeout": "30m",
+                                              "udpTimeout": "45s", "tcpBeLiberal": True, "maxPerCore": 0})
+    out = subprocess.run(["ip", "netns", "exec", ns, PYPROXY, "run", f"--config={config}", "--init-only"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sysctl(ns, "net.netfilter.nf_conntrack_tcp_timeout_established") == "7200"
+    assert sysctl(ns, "net.netfilter.nf_conntrack_tcp_timeout_close_wait") == "1800"
+    assert sysctl(ns, "net.netfilter.nf_conntrack_udp_timeout") == "45"
+    assert sysctl(ns, "net.netfilter.nf_conntrack_tcp_be_liberal") == "1"
+    assert "Traceback" not in out.stderr
+
+
+def test_metrics_address_paths_and_exit_on_config_change(namespaces, tmp_path):
+    ns = namespaces.new("run")
+    manifest = tmp_path / "cluster.yaml"
+    manifest.write_text(yaml.safe_dump(MANIFEST))
+    config = config_file(tmp_path, metricsBindAddress="127.0.0.1:10249", conntrack={"tcpBeLiberal": True})
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, PYPROXY, "run", "-f", str(manifest), "--node", "n1",
+                             f"--config={config}", "--v=2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                status, _, body = get(ns, 10249, "/metrics")
+                synced = [line for line in body.decode().splitlines()
+                          if line.startswith("kubeproxy_sync_proxy_rules_last_timestamp_seconds")]
+                if synced and float(synced[0].split()[-1]) > 0 and b"process_cpu_seconds_total" in body:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "no metrics"
+            time.sleep(0.2)
+        assert get(ns, 10249, "/proxyMode")[2] == b"iptables"
+        configz = json.loads(get(ns, 10249, "/configz")[2])["kubeproxy.config.k8s.io"]
+        assert configz["mode"] == "iptables" and configz["healthzBindAddress"] == "0.0.0.0:10256"
+        assert get(ns, 10249, "/healthz")[0] == 200
+        rules = subprocess.run(["ip", "netns", "exec", ns, "iptables-save", "-t", "filter"], capture_output=True,
+                               text=True).stdout
+        assert "KUBE-FORWARD" in rules and "INVALID" not in rules, "tcpBeLiberal: no INVALID drop, as kube-proxy"
+        with open(config, "a") as f:
+            f.write("# changed\n")
+        proc.wait(timeout=15)
+        assert proc.returncode == 1
+        assert "configuration file" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
