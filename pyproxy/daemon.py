@@ -172,6 +172,15 @@ class Daemon:
         self.metrics.endpoint_changes.inc(endpoints - seen_e)
         self._changes_seen = (services, endpoints)
 
+    def _health_check_hosts(self, view) -> tuple[str, ...]:
+        """Where healthCheckNodePort servers listen: the node-port addresses, or every address."""
+        if not self.config.node_port_addresses:
+            return ("0.0.0.0",)
+        from .iptables.render import node_port_ips
+
+        ips = [str(ip) for family in self.proxier.backends for ip in node_port_ips(view, self.config, family)]
+        return tuple(f"[{ip}]" if ":" in ip else ip for ip in ips)
+
     def _status_routes(self) -> dict:
         """kube-proxy's paths on the metrics address besides /metrics."""
         import json
@@ -222,7 +231,7 @@ class Daemon:
             if p.health_check_node_port and p.external_policy_local:
                 count = sum(1 for ep in p.local_endpoints if ep.ready)
                 wanted[p.health_check_node_port] = (p.namespace, p.name, count)
-        self.service_health.sync(wanted)
+        self.service_health.sync(wanted, self._health_check_hosts(view))
         self.syncs += 1
 
 

@@ -103,27 +103,36 @@ def health_server(address: str, health: ProxyHealth, count: Callable[[str, int],
 
 
 class ServiceHealthServers:
-    """One HTTP server per healthCheckNodePort; `sync` starts and stops them to match."""
+    """HTTP servers per healthCheckNodePort, on the node-port addresses (every address when
+    nodePortAddresses is unset, as kube-proxy listens); `sync` starts and stops them to match."""
 
-    def __init__(self, health: ProxyHealth, bind_host: str = "0.0.0.0") -> None:
+    def __init__(self, health: ProxyHealth) -> None:
         self.health = health
-        self.bind_host = bind_host
-        self.servers: dict[int, ThreadingHTTPServer] = {}
+        self.hosts: tuple[str, ...] = ("0.0.0.0",)
+        self.servers: dict[int, list[ThreadingHTTPServer]] = {}
         self.state: dict[int, tuple[str, str, int]] = {}  # port -> (namespace, name, local endpoints)
 
-    def sync(self, wanted: dict[int, tuple[str, str, int]]) -> None:
+    def sync(self, wanted: dict[int, tuple[str, str, int]], hosts: tuple[str, ...] = ("0.0.0.0",)) -> None:
         self.state = dict(wanted)
-        for port in [p for p in self.servers if p not in wanted]:
-            server = self.servers.pop(port)
-            server.shutdown()
-            server.server_close()
+        if hosts != self.hosts:  # the addresses changed: every server moves
+            self._stop(list(self.servers))
+            self.hosts = hosts
+        self._stop([p for p in self.servers if p not in wanted])
         for port in wanted:
             if port in self.servers:
                 continue
-            try:
-                self.servers[port] = serve(f"{self.bind_host}:{port}", _json_handler(self._route(port)))
-            except OSError as err:
-                log.error("cannot serve healthCheckNodePort %d: %s", port, err)
+            self.servers[port] = []
+            for host in hosts:
+                try:
+                    self.servers[port].append(serve(f"{host}:{port}", _json_handler(self._route(port))))
+                except OSError as err:
+                    log.error("cannot serve healthCheckNodePort %d on %s: %s", port, host, err)
+
+    def _stop(self, ports: list[int]) -> None:
+        for port in ports:
+            for server in self.servers.pop(port, []):
+                server.shutdown()
+                server.server_close()
 
     def _route(self, port: int) -> Callable[[str], tuple[int, dict, dict]]:
         def route(_: str) -> tuple[int, dict, dict]:

@@ -6,6 +6,8 @@ The proxier owns the per-family backends and the renderer memo, so successive sy
 
 from __future__ import annotations
 
+import ipaddress
+
 import gc
 import logging
 import os
@@ -62,7 +64,7 @@ class Proxier:
             self.backends = {f: IptablesBackend(f, config.iptables_variant) for f in families}
         self._other_mode_cleaned = False
         self.cleaners = {f: ConntrackCleaner(f) for f in families}
-        if 4 in families and config.localhost_node_ports:
+        if self.mode == "iptables" and 4 in families and localhost_node_ports_served(config):
             _enable_route_localnet()
 
     def sync(self, cluster: Cluster, full: bool = False) -> SyncReport:
@@ -128,6 +130,18 @@ class Proxier:
 
     def cleanup(self) -> int:
         return sum(backend.cleanup() for backend in self.backends.values())
+
+
+def localhost_node_ports_served(config: ProxyConfig) -> bool:
+    """kube-proxy's condition for NodePorts on 127.0.0.1 (and so for route_localnet): iptables
+    mode's localhostNodePorts, with nodePortAddresses covering IPv4 loopback (all addresses when
+    unset; `primary` does not)."""
+    if not config.localhost_node_ports:
+        return False
+    if not config.node_port_addresses:
+        return True
+    loopback = ipaddress.ip_address("127.0.0.1")
+    return any(a != "primary" and loopback in ipaddress.ip_network(a) for a in config.node_port_addresses)
 
 
 def _enable_route_localnet() -> None:

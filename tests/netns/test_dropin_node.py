@@ -95,3 +95,56 @@ def test_metrics_address_paths_and_exit_on_config_change(namespaces, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_route_localnet_only_where_kube_proxy_sets_it(namespaces):
+    import ipaddress
+
+    from pyproxy.config import ProxyConfig
+    from pyproxy.proxier import Proxier
+
+    cidr = (ipaddress.ip_network("10.244.0.0/16"),)
+    cases = [(dict(), "1"), (dict(node_port_addresses=("172.18.0.0/24",)), "0"),
+             (dict(node_port_addresses=("127.0.0.0/8",)), "1"), (dict(node_port_addresses=("primary",)), "0"),
+             (dict(localhost_node_ports=False), "0"), (dict(mode="nftables"), "0")]
+    for fields, expected in cases:
+        ns = namespaces.new(f"rl{len(namespaces.names)}")
+        with netns.entered(ns):
+            Proxier("n1", ProxyConfig(cluster_cidrs=cidr, **fields), (4,))
+        assert sysctl(ns, "net.ipv4.conf.all.route_localnet") == expected, fields
+
+
+def test_health_check_node_ports_listen_only_on_node_port_addresses(namespaces, tmp_path):
+    """nodePortAddresses set: the healthCheckNodePort server is on the node's matching address,
+    not on every address (issue: a good neighbour, never open more than asked)."""
+    import socket
+
+    ns = namespaces.new("hc")
+    subprocess.run(["ip", "-n", ns, "addr", "add", "172.18.0.11/32", "dev", "lo"], check=True)
+    manifest = tmp_path / "cluster.yaml"
+    manifest.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+         "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.11"}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb", "namespace": "default"},
+         "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20", "externalTrafficPolicy": "Local",
+                  "healthCheckNodePort": 32100, "ports": [{"port": 80, "nodePort": 30080}]}}]}))
+    config = config_file(tmp_path, nodePortAddresses=["172.18.0.0/24"])
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, PYPROXY, "run", "-f", str(manifest), "--node", "n1",
+                             f"--config={config}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def answers(host: str) -> bool:
+        with netns.entered(ns):
+            sock = socket.socket()
+        with sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex((host, 32100)) == 0
+
+    try:
+        deadline = time.monotonic() + 10
+        while not answers("172.18.0.11"):
+            assert time.monotonic() < deadline, "no healthCheckNodePort server on the node's address"
+            time.sleep(0.2)
+        assert not answers("127.0.0.1"), "nothing listens on an address outside nodePortAddresses"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
