@@ -9,19 +9,20 @@ look at the UDP entries that belong to a service frontend and delete exactly the
   endpoints" would otherwise stay unanswered).
 
 Nothing else is touched: a restart re-checks every entry instead of flushing all UDP flows.
-The decision (`stale_flows`) is pure; `ConntrackCleaner` only lists and deletes.
+The decision (`stale_flows`) is pure; `ConntrackCleaner` only lists and deletes, over netlink
+(ctnetlink.py: one filtered dump, batched deletes; no `conntrack` process per flow). A delete
+that fails is retried at the next sync.
 """
 
 from __future__ import annotations
 
-import re
-import subprocess
+import logging
+import os
 from dataclasses import dataclass
 
+from .ctnetlink import Conntrack, ConntrackError
+
 from .view import NodeView
-
-_FIELD = re.compile(r"(src|dst|sport|dport)=(\S+)")
-
 
 @dataclass(frozen=True)
 class Flow:
@@ -33,52 +34,56 @@ class Flow:
     reply_sport: int
 
 
-def parse_flows(text: str) -> list[Flow]:
-    flows = []
-    for line in text.splitlines():
-        fields = _FIELD.findall(line)
-        if len(fields) < 8:
-            continue
-        (_, s), (_, d), (_, sp), (_, dp), (_, rs), _, (_, rsp), _ = fields[:8]
-        try:
-            flows.append(Flow(s, d, int(sp), int(dp), rs, int(rsp)))
-        except ValueError:
-            continue
-    return flows
+class StaleRule:
+    """stale_flows's decision for one flow on packed addresses: ConntrackCleaner hands it to the
+    netlink dump, so only stale flows ever become Python objects."""
+
+    def __init__(self, view: NodeView, family: int) -> None:
+        import ipaddress
+
+        packed = lambda ip: ipaddress.ip_address(ip).packed  # noqa: E731
+        self.frontends: dict[tuple[bytes, int], set[tuple[bytes, int]]] = {}
+        self.node_ports: dict[int, set[tuple[bytes, int]]] = {}
+        for sp in view.family(family):
+            if sp.protocol != "UDP":
+                continue
+            targets = {(ep.ip.packed, ep.port) for ep in sp.reachable_endpoints} if sp.has_endpoints else set()
+            for ip in (sp.cluster_ip, *sp.external_ips, *sp.load_balancer_ips):
+                self.frontends[(packed(ip), sp.port)] = targets
+            if sp.node_port:
+                self.node_ports[sp.node_port] = targets
+        self.node_ips = {packed(ip) for ip in view.node_ips_of(family)}
+
+    def __call__(self, orig_src: bytes, orig_dst: bytes, orig_sport: int, orig_dport: int, reply_src: bytes,
+                 reply_sport: int) -> bool:
+        targets = self.frontends.get((orig_dst, orig_dport))
+        if targets is None and orig_dst in self.node_ips:
+            targets = self.node_ports.get(orig_dport)
+        if targets is None:
+            return False
+        if reply_src != orig_dst:  # DNAT'ed: stale when it points at what is no longer an endpoint
+            return (reply_src, reply_sport) not in targets
+        return bool(targets)  # met "no endpoints" while there are some now
 
 
 def stale_flows(view: NodeView, flows: list[Flow], family: int) -> list[Flow]:
     """The UDP flows to a service frontend whose destination is no longer right."""
-    frontends: dict[tuple[str, int], set[tuple[str, int]]] = {}
-    node_ports: dict[int, set[tuple[str, int]]] = {}
-    for sp in view.family(family):
-        if sp.protocol != "UDP":
-            continue
-        targets = {(str(ep.ip), ep.port) for ep in sp.reachable_endpoints} if sp.has_endpoints else set()
-        for ip in (sp.cluster_ip, *sp.external_ips, *sp.load_balancer_ips):
-            frontends[(str(ip), sp.port)] = targets
-        if sp.node_port:
-            node_ports[sp.node_port] = targets
-    node_ips = {str(ip) for ip in view.node_ips_of(family)}
-    stale = []
-    for flow in flows:
-        targets = frontends.get((flow.orig_dst, flow.orig_dport))
-        if targets is None and flow.orig_dst in node_ips:
-            targets = node_ports.get(flow.orig_dport)
-        if targets is None:
-            continue
-        dnatted = flow.reply_src != flow.orig_dst
-        if dnatted and (flow.reply_src, flow.reply_sport) not in targets:
-            stale.append(flow)
-        elif not dnatted and targets:
-            stale.append(flow)
-    return stale
+    import ipaddress
+
+    rule = StaleRule(view, family)
+    packed = lambda ip: ipaddress.ip_address(ip).packed  # noqa: E731
+    return [f for f in flows if rule(packed(f.orig_src), packed(f.orig_dst), f.orig_sport, f.orig_dport,
+                                     packed(f.reply_src), f.reply_sport)]
+
+
+log = logging.getLogger("pyproxy.conntrack")
 
 
 class ConntrackCleaner:
     def __init__(self, family: int = 4) -> None:
         self.family = family
         self._udp_ports: dict[str, object] | None = None  # the UDP ports seen at the last clean
+        self._socket: tuple[int, Conntrack] | None = None  # per network namespace, kept open
 
     def _udp_unchanged(self, view: NodeView) -> bool:
         """Flows go stale only when a UDP port's view changes; views are the same objects while
@@ -87,17 +92,26 @@ class ConntrackCleaner:
         old, self._udp_ports = self._udp_ports, ports
         return old is not None and old.keys() == ports.keys() and all(old[k] is sp for k, sp in ports.items())
 
+    def _conntrack(self) -> Conntrack:
+        """The ctnetlink socket of the namespace this thread is in (opened once per namespace)."""
+        here = os.stat("/proc/thread-self/ns/net").st_ino
+        if self._socket is None or self._socket[0] != here:
+            if self._socket is not None:
+                self._socket[1].close()
+            self._socket = (here, Conntrack())
+        return self._socket[1]
+
     def list_udp(self) -> list[Flow]:
-        family = "ipv4" if self.family == 4 else "ipv6"
-        proc = subprocess.run(["conntrack", "-L", "-f", family, "-p", "udp"], capture_output=True, text=True)
-        return parse_flows(proc.stdout)
+        return [Flow(o[0], o[1], o[2], o[3], r[0], r[2]) for o, r in self._conntrack().flows(self.family, "udp")]
 
     def clean(self, view: NodeView) -> int:
         if self._udp_unchanged(view):
             return 0
-        stale = stale_flows(view, self.list_udp(), self.family)
-        for flow in stale:
-            subprocess.run(["conntrack", "-D", "-p", "udp", "--orig-src", flow.orig_src, "--orig-dst", flow.orig_dst,
-                            "--orig-port-src", str(flow.orig_sport), "--orig-port-dst", str(flow.orig_dport)],
-                           capture_output=True)
-        return len(stale)
+        try:
+            ct = self._conntrack()
+            stale = ct.flows(self.family, "udp", StaleRule(view, self.family))
+            return ct.delete([orig for orig, _ in stale], self.family, "udp")
+        except (ConntrackError, OSError) as err:
+            self._udp_ports = None  # check everything again at the next sync
+            log.warning("stale UDP flows not cleaned (retried at the next sync): %s", err)
+            return 0
