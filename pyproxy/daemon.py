@@ -73,6 +73,7 @@ class Daemon:
         self.config = config
         self.metrics = Metrics()
         self.health = ProxyHealth(config.sync_period)
+        self.health.source_failing = lambda: bool(getattr(source, "failing", False))
         self.service_health = ServiceHealthServers(self.health)
         self.serve_http = serve_http
         self.servers: list = []

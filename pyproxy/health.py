@@ -33,6 +33,7 @@ class ProxyHealth:
         self.last_updated = 0.0
         self.oldest_queued = 0.0  # 0: nothing waiting
         self.node_deleting = False
+        self.source_failing: Callable[[], bool] = lambda: False  # the source cannot read its input
         self.lock = threading.Lock()
 
     def queued(self) -> None:
@@ -56,6 +57,9 @@ class ProxyHealth:
     def healthz(self) -> tuple[int, dict]:
         code, body = self.livez()
         body["nodeEligible"] = not self.node_deleting
+        if self.source_failing():
+            body["sourceFailing"] = True
+            code = 503
         return (code if not self.node_deleting else 503), body
 
 
