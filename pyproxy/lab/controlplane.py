@@ -233,14 +233,7 @@ class Process:
         child = _children.get(self.pid)
         if child is not None:  # started by this process: its Popen knows (no /proc race at exec)
             return child.poll() is None
-        try:
-            with open(f"/proc/{self.pid}/cmdline", "rb") as f:
-                argv0 = f.read().split(b"\0")[0].decode()
-            with open(f"/proc/{self.pid}/stat") as f:
-                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except OSError:
-            return False
-        return argv0 == self.argv[0] and not zombie
+        return runs(self.pid, self.argv)
 
     def stop(self, timeout: float = 10.0) -> None:
         if not self.alive():
@@ -267,6 +260,21 @@ class Process:
                     os.kill(self.pid, sig)
                 except ProcessLookupError:
                     pass
+
+
+def runs(pid: int, argv: list[str]) -> bool:
+    """The process is alive and runs this command line (its PID was not reused). A script started
+    through its #! line shows its interpreter first (`python .../bin/pyproxy run ...`)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    except OSError:
+        return False
+    wanted = [a.encode() for a in argv]
+    return args[: len(wanted)] == wanted or args[1: 1 + len(wanted)] == wanted
 
 
 def _reap(pid: int) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import netns
 from . import kubelet
-from .controlplane import ControlPlane, ProcessTable
+from .controlplane import ControlPlane, ProcessTable, runs
 from .runtime import CniRuntime
 from .spec import LabSpec, PodSpec, parse_spec, spec_as_raw
 
@@ -213,7 +213,11 @@ class Lab:
 
     # -- up ----------------------------------------------------------------------------------------
 
-    def up(self, spec_raw: dict[str, Any] | None = None) -> "Lab":
+    def up(self, spec_raw: dict[str, Any] | None = None, replace: bool = False) -> "Lab":
+        """Build the lab. With replace, a lab of the same name left by an earlier run that was
+        killed (its namespaces, state and processes) is taken down first instead of refused."""
+        if replace:
+            Lab.down_by_name(self.spec.name, os.path.dirname(self.dir))
         if any(ns.startswith(self.prefix) for ns in list_netns()) or os.path.exists(self.dir):
             raise LabError(f"lab {self.spec.name!r} is already up (or was left half-built): "
                            f"run `pyproxy lab down --name {self.spec.name}` first")
@@ -400,7 +404,7 @@ class Lab:
                     own.kill()
                     own.wait()
             return
-        if pod.pid and (_is_our_echo(pod.pid, pod.name) or pod.command and _runs(pod.pid, pod.command)):
+        if pod.pid and (_is_our_echo(pod.pid, pod.name) or pod.command and runs(pod.pid, pod.command)):
             os.kill(pod.pid, signal.SIGTERM)
             for _ in range(100):
                 if not os.path.exists(f"/proc/{pod.pid}") or _zombie(pod.pid):
@@ -479,15 +483,6 @@ class Lab:
             "pods": [{"name": p.name, "node": p.node, "ip": p.ip, "netns": p.netns, "echo": alive[p.name]}
                      for p in self.pods.values()],
         }
-
-
-def _runs(pid: int, argv: list[str]) -> bool:
-    """The process still runs this command line (its PID was not reused)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0")[: len(argv)] == [a.encode() for a in argv]
-    except OSError:
-        return False
 
 
 def _zombie(pid: int) -> bool:

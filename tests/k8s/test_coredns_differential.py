@@ -98,7 +98,7 @@ def summary(msg: dns.message.Message) -> dict:
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(parse_spec(SPEC)).up()
+    lab = Lab(parse_spec(SPEC)).up(replace=True)
     try:
         kube, _ = deploy_pyproxy(lab)
         for obj in objects():

@@ -28,7 +28,7 @@ CASES = ["lab-suite"] + [f"random-{seed}" for seed in range(1, 11)]
 def pair(request):
     dual = request.param == "dual-stack"
     variant = "legacy" if dual else request.param
-    lab = Lab(parse_spec({**SPEC, "name": f"t-d{request.param[:3]}", "ipv6": dual})).up()
+    lab = Lab(parse_spec({**SPEC, "name": f"t-d{request.param[:3]}", "ipv6": dual})).up(replace=True)
     try:
         kube, config = deploy_pyproxy(lab, {"iptables": {"masqueradeBit": 14, "minSyncPeriod": "100ms",
                                                           "syncPeriod": "30s"}})

@@ -67,7 +67,7 @@ def outcome(lab, src, ip, port, proto, n=16) -> frozenset:
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(parse_spec(SPEC)).up()
+    lab = Lab(parse_spec(SPEC)).up(replace=True)
     try:
         for svc in services(lab):
             lab.cp.api.apply(svc)

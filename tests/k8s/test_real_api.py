@@ -31,7 +31,7 @@ LB_IP = "172.18.100.20"
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(parse_spec(SPEC)).up()
+    lab = Lab(parse_spec(SPEC)).up(replace=True)
     try:
         kube, config = deploy_pyproxy(lab, {"iptables": {"masqueradeBit": 14, "minSyncPeriod": "100ms",
                                                           "syncPeriod": "30s"}})
@@ -188,8 +188,9 @@ def test_api_server_down_for_30s_keeps_rules_and_resyncs_on_return(lab):
         time.sleep(1)
     lab.cp.restart_apiserver(argv)
     api.apply(service("steady", "web", "10.96.0.20"))
-    # the controller manager backs off too (client-go: up to 30 s) before it rewrites the slice
-    eventually(lambda: slice_addresses(api, "steady") == {lab.pods["web-1"].ip, lab.pods["web-2"].ip}, 60, 0.5)
+    # the controller manager's informers back off too before it rewrites the slice: client-go's
+    # reflector doubles from 0.8 s to 30 s with jitter 1.0, so one wait can last up to 60 s
+    eventually(lambda: slice_addresses(api, "steady") == {lab.pods["web-1"].ip, lab.pods["web-2"].ip}, 150, 0.5)
     eventually(lambda: answered_by(lab, "client-1", "10.96.0.20", 80, n=12) == {"web-1", "web-2"}, 35)
     api.delete("Service", "steady", "default")
     served_again(lab, "probe-down", "10.96.0.31")

@@ -101,7 +101,7 @@ def _daemon(lab: Lab, path) -> subprocess.Popen:
 
 
 def test_a_truncated_broken_or_removed_manifests_file_keeps_the_rules(tmp_path):
-    lab = Lab(parse_spec({**SPEC, "name": "t-bad"})).up()
+    lab = Lab(parse_spec({**SPEC, "name": "t-bad"})).up(replace=True)
     proc = None
     try:
         path = tmp_path / "cluster.yaml"

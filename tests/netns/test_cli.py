@@ -107,7 +107,7 @@ def _wait_for(lab: Lab, pod: str, deadline: float = 5.0) -> float:
 
 
 def test_run_follows_the_manifests_file(tmp_path):
-    lab = Lab(parse_spec(SPEC)).up()
+    lab = Lab(parse_spec(SPEC)).up(replace=True)
     proc = None
     try:
         path = tmp_path / "cluster.yaml"

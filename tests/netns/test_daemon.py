@@ -61,7 +61,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("daemon")
-    lab = Lab(parse_spec(SPEC)).up()
+    lab = Lab(parse_spec(SPEC)).up(replace=True)
     api = FakeApiServer(netns_name=lab.node_ns("n1"), bookmark_interval=1.0)
     config = tmp / "kube-proxy.yaml"
     config.write_text("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"

@@ -19,7 +19,7 @@ SPEC = {"name": "t-ds", "ipv6": True,
 
 @pytest.fixture(scope="module", params=["legacy", "nft", "nftables"] + (["ipvs"] if os.environ.get("PYPROXY_IN_VM") else []))
 def env(request):
-    lab = Lab(parse_spec({**SPEC, "name": f"t-ds{request.param[:4]}"})).up()
+    lab = Lab(parse_spec({**SPEC, "name": f"t-ds{request.param[:4]}"})).up(replace=True)
     try:
         mode = request.param if request.param in ("nftables", "ipvs") else "iptables"
         variant = "auto" if mode != "iptables" else request.param

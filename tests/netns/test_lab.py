@@ -4,6 +4,7 @@ import itertools
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -23,7 +24,7 @@ PYPROXY = os.path.join(os.path.dirname(sys.executable), "pyproxy")  # the venv's
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(parse_spec(SPEC)).up(SPEC)
+    lab = Lab(parse_spec(SPEC)).up(SPEC, replace=True)
     yield lab
     lab.down()
     assert not [ns for ns in list_netns() if ns.startswith("pxl-t-lab-")]
@@ -58,6 +59,13 @@ def test_a_second_up_is_refused_and_down_cleans_a_crashed_lab(lab):
     subprocess.run(["ip", "netns", "add", "pxl-t-crash-n-n1"], check=True)
     assert Lab.down_by_name("t-crash") == ["pxl-t-crash-n-n1"]
     assert Lab(parse_spec(crashed)).up(crashed).down()
+    # what a test run killed half-way leaves (namespaces, state, a running pod): replaced on request
+    left = Lab(parse_spec(crashed)).up(crashed)
+    echo_pid = next(iter(left.pods.values())).pid
+    again = Lab(parse_spec(crashed)).up(crashed, replace=True)
+    assert not os.path.exists(f"/proc/{echo_pid}") or open(f"/proc/{echo_pid}/stat").read().split(")")[1].split()[0] == "Z"
+    assert set(again.pods) == set(left.pods)
+    again.down()
 
 
 def test_cli_status_and_exec(lab):
@@ -66,3 +74,29 @@ def test_cli_status_and_exec(lab):
     out = subprocess.run([PYPROXY, "lab", "exec", "--name", "t-lab", "a1", "--", "ip", "-4", "-o", "addr", "show", "eth0"],
                          capture_output=True, text=True)
     assert "10.244.1.2/24" in out.stdout
+
+
+def test_lab_processes_are_stopped_by_another_process(namespaces, tmp_path):
+    """`pyproxy lab down` runs in a process of its own: it must still recognise and stop what the
+    lab started, pyproxy's daemons (a script: /proc shows its interpreter first) included."""
+    import subprocess
+    import sys
+
+    from pyproxy.lab.controlplane import ProcessTable, start_process
+
+    ns = namespaces.new("ptab")
+    pyproxy = os.path.join(os.path.dirname(sys.executable), "pyproxy")
+    manifest = os.path.join(os.path.dirname(__file__), "..", "unit", "golden", "kube_proxy_overall.yaml")
+    table = ProcessTable(str(tmp_path / "processes.json"))
+    proc = start_process("dns", [pyproxy, "dns", "serve", "-f", manifest, "--listen", "127.0.0.1:10053"], ns,
+                         str(tmp_path / "dns.log"))
+    table.add(proc)
+    out = subprocess.run([sys.executable, "-c", "import sys; from pyproxy.lab.controlplane import ProcessTable; "
+                          "ProcessTable(sys.argv[1]).stop_all()", table.path], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    for _ in range(50):
+        if not os.path.exists(f"/proc/{proc.pid}") or open(f"/proc/{proc.pid}/stat").read().split(")")[1].split()[0] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the daemon is still running")

@@ -18,7 +18,7 @@ HEADLESS = {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "de
 
 @pytest.fixture(scope="module")
 def lab():
-    lab = Lab(parse_spec(SPEC)).up()
+    lab = Lab(parse_spec(SPEC)).up(replace=True)
     yield lab
     lab.down()
 

@@ -59,7 +59,7 @@ def nft_tables(lab: Lab) -> str:
 
 
 def test_switching_backends_leaves_nothing_behind_and_keeps_connections():
-    lab = Lab(parse_spec(SPEC)).up()
+    lab = Lab(parse_spec(SPEC)).up(replace=True)
     try:
         cidr = (lab.spec.cluster_cidr,)
         LabDataplane(lab, ProxyConfig(cluster_cidrs=cidr)).apply([SERVICE])

@@ -46,7 +46,7 @@ BACKENDS = ["legacy", "nft", "nftables"] + (["ipvs"] if os.environ.get("PYPROXY_
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def env(request):
-    lab = Lab(parse_spec({**SPEC, "name": f"t-{request.param[:5]}"})).up()
+    lab = Lab(parse_spec({**SPEC, "name": f"t-{request.param[:5]}"})).up(replace=True)
     try:
         if request.param in ("nftables", "ipvs"):
             config = ProxyConfig(mode=request.param, cluster_cidrs=(lab.spec.cluster_cidr,))

@@ -35,7 +35,7 @@ CLUSTER_IP = "10.96.0.10"
 
 @pytest.fixture(scope="module")
 def env():
-    lab = Lab(parse_spec(SPEC)).up()
+    lab = Lab(parse_spec(SPEC)).up(replace=True)
     try:
         dp = LabDataplane(lab, ProxyConfig(mode="ipvs", cluster_cidrs=(lab.spec.cluster_cidr,)))
         yield lab, dp
