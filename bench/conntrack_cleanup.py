@@ -1,5 +1,5 @@
-"""Stale UDP conntrack cleanup at scale: the netlink path (pyproxy.ctnetlink) beside the old
-`conntrack` tool path (list as text, one `conntrack -D` per stale flow), in the same run.
+"""Stale UDP conntrack cleanup at scale: the netlink path (pyproxy.netlink.conntrack) beside the
+old `conntrack` tool path (list as text, one `conntrack -D` per stale flow), in the same run.
 
     .venv/bin/python bench/conntrack_cleanup.py [--flows 100000] [--stale 1000]
 
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from benchutil import ns_add, ns_del  # noqa: E402
 from pyproxy import netns  # noqa: E402
 from pyproxy.conntrack import ConntrackCleaner, Flow, stale_flows  # noqa: E402
-from pyproxy.ctnetlink import Conntrack  # noqa: E402
+from pyproxy.netlink.conntrack import Conntrack  # noqa: E402
 from pyproxy.model import parse_objects  # noqa: E402
 from pyproxy.view import build_view  # noqa: E402
 

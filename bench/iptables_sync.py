@@ -35,7 +35,7 @@ from pyproxy import netns  # noqa: E402
 from pyproxy.config import ProxyConfig  # noqa: E402
 from pyproxy.iptables.apply import IptablesBackend  # noqa: E402
 from pyproxy.iptables.render import Renderer  # noqa: E402
-from pyproxy.model.parse import Cluster  # noqa: E402
+from pyproxy.model.cluster import Cluster  # noqa: E402
 from pyproxy.model.types import Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort  # noqa: E402
 from pyproxy.view import ViewBuilder  # noqa: E402
 

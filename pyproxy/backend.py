@@ -1,5 +1,5 @@
-"""What every dataplane backend shares: the result of a sync, and the per-service-port memo that
-makes successive renders cost only what changed.
+"""What every dataplane backend shares: its error type, the result of a sync, and the per-service-port
+memo that makes successive renders cost only what changed.
 
 Invariant: pure (no kernel I/O); the memo only ever returns what rendering would.
 """
@@ -12,6 +12,10 @@ from typing import Any, Callable, Generic, Hashable, Iterable, Iterator, TypeVar
 from .view import ServicePortView
 
 T = TypeVar("T")
+
+
+class SyncError(RuntimeError):
+    """A backend could not write the rules (the previous ones stay); each backend's error is one."""
 
 
 @dataclass

@@ -259,20 +259,11 @@ def _setup(path, node, config_path, backend, cluster_cidr):
 
 
 def _ruleset(config, cluster, node, family):
+    from .modes import mode
     from .view import build_view
 
     view = build_view(cluster, node)
-    if config.mode == "nftables":
-        from .nftables.render import render as render_nft
-
-        return view, render_nft(view, config, int(family))
-    if config.mode == "ipvs":
-        from .ipvs.render import render as render_ipvs
-
-        return view, render_ipvs(view, config, int(family))
-    from .iptables.render import render
-
-    return view, render(view, config, int(family))
+    return view, mode(config.mode).render(view, config, int(family))
 
 
 @main.command()
@@ -280,20 +271,15 @@ def _ruleset(config, cluster, node, family):
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def dump(path, node, config_path, backend, family, cluster_cidr, output):
     """Print the rules NODE would get: iptables-save, nft -f or ipvsadm-save -n (with ipsets) format."""
+    from .modes import mode
+
     config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
     view, ruleset = _ruleset(config, cluster, node, family)
-    text = ruleset.script() if config.mode == "nftables" else ruleset.text() if config.mode == "ipvs" \
-        else ruleset.dump_text()
+    text = mode(config.mode).text(ruleset)
     if output == "json":
-        if config.mode == "nftables":
-            counts = {"chains": sum(len(s.chains) for s in ruleset.services.values())}
-        elif config.mode == "ipvs":
-            servers = ruleset.servers().values()
-            counts = {"virtualServers": len(servers), "realServers": sum(len(vs.reals) for vs in servers)}
-        else:
-            counts = {"filter": ruleset.rule_count("filter"), "nat": ruleset.rule_count("nat")}
         _print({"node": node, "family": int(family), "backend": config.mode,
-                "servicePorts": len(view.family(int(family))), "rules": counts, "text": text}, "json")
+                "servicePorts": len(view.family(int(family))), "rules": mode(config.mode).counts(ruleset),
+                "text": text}, "json")
     else:
         click.echo(text, nl=False)
 
@@ -303,28 +289,16 @@ def dump(path, node, config_path, backend, family, cluster_cidr, output):
 @click.option("--iptables-variant", type=click.Choice(["auto", "legacy", "nft"]), default="auto", show_default=True)
 def diff_cmd(path, node, config_path, backend, family, cluster_cidr, iptables_variant):
     """Compare the rules NODE should have with the live kernel's (exit 0 same, 1 different, 2 error)."""
-    from .iptables.apply import ApplyError
-    from .iptables.diff import diff
-
     import subprocess
 
-    from .nftables.apply import NftError
+    from .backend import SyncError
+    from .modes import mode
 
     config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
     _, ruleset = _ruleset(config, cluster, node, family)
     try:
-        if config.mode == "nftables":
-            from .nftables.diff import diff as diff_nft
-
-            text, variant = diff_nft(ruleset), "nftables"
-        elif config.mode == "ipvs":
-            from .ipvs.diff import diff as diff_ipvs
-
-            text, variant = diff_ipvs(ruleset, iptables_variant), "ipvs"
-        else:
-            text, variant = diff(ruleset, iptables_variant)
-            variant = f"iptables-{variant}"
-    except (ApplyError, NftError, OSError, RuntimeError, subprocess.CalledProcessError) as err:
+        text, variant = mode(config.mode).diff(ruleset, iptables_variant)
+    except (SyncError, OSError, RuntimeError, subprocess.CalledProcessError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     if text:
@@ -347,24 +321,17 @@ def diff_cmd(path, node, config_path, backend, family, cluster_cidr, iptables_va
 def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dport, proto, in_iface,
           local_origin, output):
     """Follow a new connection through NODE's rules: where it can go, and the rules it crosses."""
-    from .iptables.trace import Packet, Tracer
+    from .modes import mode
+    from .tracing import Packet
 
     config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
-    if config.mode == "ipvs":
-        click.echo("error: trace follows iptables and nftables rules; IPVS scheduling is the kernel's "
-                   "(see `pyproxy dump --backend ipvs`)", err=True)
-        sys.exit(2)
     view, ruleset = _ruleset(config, cluster, node, family)
-    node_ips = [str(ip) for ip in view.node_ips_of(int(family))]
-    local_origin = local_origin or src in node_ips
-    if config.mode == "nftables":
-        from .iptables.render import node_port_ips
-        from .nftables.trace import NftTracer
-
-        chosen = [str(ip) for ip in node_port_ips(view, config, int(family))] if config.node_port_addresses else None
-        tracer = NftTracer(ruleset, node_ips, chosen)
-    else:
-        tracer = Tracer(ruleset, node_ips)
+    tracer = mode(config.mode).tracer(ruleset, view, config, int(family))
+    if tracer is None:
+        click.echo("error: trace follows iptables and nftables rules; IPVS scheduling is the kernel's "
+                   f"(see `pyproxy dump --backend {config.mode}`)", err=True)
+        sys.exit(2)
+    local_origin = local_origin or src in [str(ip) for ip in view.node_ips_of(int(family))]
     outcomes = tracer.trace(Packet(src, dst, dport, proto, in_iface, local_origin))
     if output == "json":
         _print({"packet": {"src": src, "dst": dst, "dport": dport, "proto": proto, "localOrigin": local_origin},

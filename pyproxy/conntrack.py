@@ -10,7 +10,7 @@ look at the UDP entries that belong to a service frontend and delete exactly the
 
 Nothing else is touched: a restart re-checks every entry instead of flushing all UDP flows.
 The decision (`stale_flows`) is pure; `ConntrackCleaner` only lists and deletes, over netlink
-(ctnetlink.py: one filtered dump, batched deletes; no `conntrack` process per flow). A delete
+(pyproxy/netlink/conntrack.py: one filtered dump, batched deletes; no `conntrack` process per flow). A delete
 that fails is retried at the next sync.
 """
 
@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .ctnetlink import Conntrack, ConntrackError
+from .netlink.conntrack import Conntrack, ConntrackError
 
 from .view import NodeView
 

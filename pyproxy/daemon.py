@@ -17,10 +17,9 @@ import threading
 import time
 from typing import Protocol
 
+from .backend import SyncError
 from .config import ProxyConfig
 from .health import ProxyHealth, ServiceHealthServers, health_server
-from .iptables.apply import ApplyError
-from .nftables.apply import NftError
 from .metrics import Metrics
 from .proxier import Proxier, SyncReport
 from .sources.store import Store
@@ -150,7 +149,7 @@ class Daemon:
                 report = self.proxier.sync(cluster, full=full)
             except Exception as err:  # noqa: BLE001 - keep running; the next sync is a full one
                 log.error("sync failed, previous rules left in place: %s", err)
-                if isinstance(err, (ApplyError, NftError)):
+                if isinstance(err, SyncError):  # the kernel refused the rules (any mode)
                     self.metrics.restore_failures.inc()
                 failed = True
                 if once:
@@ -175,11 +174,12 @@ class Daemon:
 
     def _health_check_hosts(self, view) -> tuple[str, ...]:
         """Where healthCheckNodePort servers listen: the node-port addresses, or every address."""
-        if not self.config.node_port_addresses:
-            return ("0.0.0.0",)
-        from .iptables.render import node_port_ips
+        from .view import node_port_ips
 
-        ips = [str(ip) for family in self.proxier.backends for ip in node_port_ips(view, self.config, family)]
+        chosen = {family: node_port_ips(view, self.config, family) for family in self.proxier.backends}
+        if any(ips is None for ips in chosen.values()):
+            return ("0.0.0.0",)  # as kube-proxy: one server on every address
+        ips = [str(ip) for family_ips in chosen.values() for ip in family_ips]
         return tuple(f"[{ip}]" if ":" in ip else ip for ip in ips)
 
     def _status_routes(self) -> dict:

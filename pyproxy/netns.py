@@ -45,3 +45,19 @@ def entered(name_or_path: str) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(home)
+
+
+@contextlib.contextmanager
+def scratch() -> Iterator[str]:
+    """Run the body in a new, empty namespace, deleted afterwards: where `diff` loads the expected
+    rules to read them back in the kernel's own words."""
+    import subprocess  # not at the top: the CNI plugin imports this module and never needs it
+    import uuid
+
+    name = f"pyproxy-diff-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        with entered(name):
+            yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -11,12 +11,13 @@ renders a view faithfully behaves like kube-proxy.
 
 from __future__ import annotations
 
+import ipaddress
 from socket import inet_ntoa
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
 from .config import ProxyConfig
-from .model.parse import Cluster
+from .model.cluster import Cluster
 from .model.types import (
     SERVICE_PROXY_NAME_LABEL,
     ZONE_LABEL,
@@ -145,12 +146,12 @@ class NodeView:
 
 
 def is_proxied(svc: Service, proxy_name: str = "") -> bool:
-    """Headless and ExternalName services get no rules; services labelled for another proxy
-    (service.kubernetes.io/service-proxy-name) are left to it."""
+    """Headless and ExternalName services get no rules. service.kubernetes.io/service-proxy-name
+    splits the rest: the default proxy serves only unlabelled services, a proxy with a name
+    (--proxy-name) only those labelled with it."""
     if svc.headless or svc.type == "ExternalName" or not svc.cluster_ips:
         return False
-    claimed_by = svc.label(SERVICE_PROXY_NAME_LABEL)
-    return claimed_by is None or (bool(proxy_name) and claimed_by == proxy_name)
+    return svc.label(SERVICE_PROXY_NAME_LABEL) == (proxy_name or None)
 
 
 def _endpoints(slices: Iterable[EndpointSlice], sp: ServicePort, family: int, node_name: str) -> list[EndpointView]:
@@ -175,16 +176,17 @@ def _endpoints(slices: Iterable[EndpointSlice], sp: ServicePort, family: int, no
     return [seen[label] for label in sorted(seen)]  # kube-proxy orders endpoints by "ip:port"
 
 
-def _can_use_topology(svc: Service, endpoints: list[EndpointView], node: Node | None) -> tuple[str, str] | None:
-    """Whether hints narrow the cluster endpoints, and by what: ("node", name) or ("zone", zone)."""
-    if svc.topology_mode not in ("auto",) and not svc.traffic_distribution:
-        return None
+def _can_use_topology(endpoints: list[EndpointView], node_name: str, node: Node | None) -> tuple[str, str] | None:
+    """Whether hints narrow the cluster endpoints, and by what: ("node", name) or ("zone", zone).
+    As kube-proxy's topologyModeFromHints: the hints alone decide (the EndpointSlice controller
+    writes them only for services that ask); node hints need only our name, zone hints the
+    Node's zone label."""
     ready = [ep for ep in endpoints if ep.ready]
-    if node is None or not ready:
+    if not ready:
         return None
-    if all(ep.node_hints for ep in ready) and any(node.name in ep.node_hints for ep in ready):
-        return ("node", node.name)
-    zone = node.label(ZONE_LABEL) or ""
+    if all(ep.node_hints for ep in ready) and any(node_name in ep.node_hints for ep in ready):
+        return ("node", node_name)
+    zone = node.label(ZONE_LABEL) or "" if node else ""
     if not zone or not all(ep.zone_hints for ep in ready):
         return None
     if not any(zone in ep.zone_hints for ep in ready):
@@ -192,7 +194,7 @@ def _can_use_topology(svc: Service, endpoints: list[EndpointView], node: Node | 
     return ("zone", zone)
 
 
-def categorize(svc: Service, uses_cluster: bool, uses_local: bool, endpoints: list[EndpointView],
+def categorize(uses_cluster: bool, uses_local: bool, endpoints: list[EndpointView], node_name: str,
                node: Node | None) -> tuple[tuple[EndpointView, ...], tuple[EndpointView, ...],
                                            tuple[EndpointView, ...], bool]:
     """kube-proxy's CategorizeEndpoints: (cluster, local, reachable endpoints, any usable anywhere)."""
@@ -200,7 +202,7 @@ def categorize(svc: Service, uses_cluster: bool, uses_local: bool, endpoints: li
     local: list[EndpointView] = []
     has_any = False
     if uses_cluster:
-        topology = _can_use_topology(svc, endpoints, node)
+        topology = _can_use_topology(endpoints, node_name, node)
         if topology is None:
             cluster = [ep for ep in endpoints if ep.ready]
         else:
@@ -242,7 +244,7 @@ def service_port_views(svc: Service, slices: Iterable[EndpointSlice], node: Node
             uses_cluster = not internal_local or accessible
             uses_local = internal_local or (accessible and external_local)
             cluster, local, reachable, has_any = categorize(
-                svc, uses_cluster, uses_local, _endpoints(slices, sp, family, node_name), node)
+                uses_cluster, uses_local, _endpoints(slices, sp, family, node_name), node_name, node)
             out.append(ServicePortView(
                 namespace=svc.namespace, name=svc.name, port_name=sp.name, protocol=sp.protocol,
                 family=family, cluster_ip=cluster_ip, port=sp.port, node_port=sp.node_port,
@@ -349,17 +351,46 @@ class ViewBuilder:
                         tuple(ports), deleting=bool(node and node.deleting))
 
 
-def local_traffic_match(config: ProxyConfig, view: NodeView, family: int) -> tuple[list[str], list[str]] | None:
-    """kube-proxy's LocalTrafficDetector as iptables match arguments: (if-local, if-not-local),
-    or None when the mode cannot tell (then pod traffic is not special-cased)."""
+def node_port_ips(view: NodeView, config: ProxyConfig, family: int) -> list | None:
+    """The node addresses NodePorts answer on, or None for every local address (kube-proxy's
+    NodePortAddresses MatchAll): nodePortAddresses unset, without an entry of this family, or
+    holding 0.0.0.0/0 (::/0). "primary" is the node's first address of each family. Loopback
+    only in iptables mode with localhostNodePorts (nftables mode never accepts it)."""
+    entries = [e for e in config.node_port_addresses if e == "primary" or ipaddress.ip_network(e).version == family]
+    if not entries or any(e != "primary" and ipaddress.ip_network(e).prefixlen == 0 for e in entries):
+        return None
+    loopback_ok = family == 4 and config.localhost_node_ports and config.mode == "iptables"
+    ips = []
+    for ip in view.node_ips_of(family):
+        for entry in entries:
+            if entry == "primary":
+                if ip == view.node_ips_of(family)[0]:
+                    ips.append(ip)
+                    break
+            elif ip in ipaddress.ip_network(entry):
+                if ip.is_loopback and not loopback_ok:
+                    continue
+                ips.append(ip)
+                break
+    return ips
+
+
+class LocalTraffic(NamedTuple):
+    """kube-proxy's LocalTrafficDetector as a value: this node's pods send from `cidr`, or arrive
+    on `interface` (any interface whose name starts so, with `prefix`). Renderers write the match."""
+
+    cidr: str = ""
+    interface: str = ""
+    prefix: bool = False
+
+
+def local_traffic(config: ProxyConfig, view: NodeView, family: int) -> LocalTraffic | None:
+    """None when the mode cannot tell (then pod traffic is not special-cased)."""
     mode = config.detect_local_mode
-    if mode == "ClusterCIDR":
-        cidr = next((c for c in config.cluster_cidrs if c.version == family), None)
-        return (["-s", str(cidr)], ["!", "-s", str(cidr)]) if cidr else None
-    if mode == "NodeCIDR":
-        cidr = next((c for c in view.pod_cidrs if c.version == family), None)
-        return (["-s", str(cidr)], ["!", "-s", str(cidr)]) if cidr else None
+    if mode in ("ClusterCIDR", "NodeCIDR"):
+        cidrs = config.cluster_cidrs if mode == "ClusterCIDR" else view.pod_cidrs
+        cidr = next((c for c in cidrs if c.version == family), None)
+        return LocalTraffic(cidr=str(cidr)) if cidr else None
     if mode == "BridgeInterface":
-        return (["-i", config.bridge_interface], ["!", "-i", config.bridge_interface])
-    prefix = config.interface_name_prefix + "+"
-    return (["-i", prefix], ["!", "-i", prefix])
+        return LocalTraffic(interface=config.bridge_interface)
+    return LocalTraffic(interface=config.interface_name_prefix, prefix=True)

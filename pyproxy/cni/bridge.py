@@ -12,9 +12,9 @@ import ipaddress
 import os
 
 from .. import netns
+from ..netlink.route import IFF_UP, Link, Netlink, NetlinkError
 from .config import BridgeConf, IPAddress, Route
 from .errors import INTERNAL, INVALID_CONFIG, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, CniError
-from .netlink import IFF_UP, Link, Netlink, NetlinkError
 from .result import Interface, IPConfig
 
 def open_netns(path: str) -> int:

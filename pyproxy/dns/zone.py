@@ -30,7 +30,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from ..model.parse import Cluster
+from ..model.cluster import Cluster
 from ..model.types import Service
 
 SCHEMA_VERSION = "1.1.0"

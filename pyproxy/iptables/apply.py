@@ -11,6 +11,7 @@ missing canary) makes the next sync a full one; a failed restore leaves the prev
 
 from __future__ import annotations
 
+import functools
 import itertools
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from ..backend import SyncResult
+from ..backend import SyncError, SyncResult
 from .render import (
     CANARY,
     SERVICE_CHAIN_PREFIXES,
@@ -40,7 +41,7 @@ OWN_CHAINS = {
 }
 
 
-class ApplyError(RuntimeError):
+class ApplyError(SyncError):
     pass
 
 
@@ -85,14 +86,27 @@ def detect_variant(family: int = 4) -> str:
 class IptablesBackend:
     def __init__(self, family: int = 4, variant: str = "auto") -> None:
         self.family = family
-        self.variant = detect_variant(family) if variant == "auto" else variant
-        base = "iptables" if family == 4 else "ip6tables"
-        self.tool = f"{base}-{self.variant}"
-        self.save_tool = f"{base}-{self.variant}-save"
-        self.restore_tool = f"{base}-{self.variant}-restore"
+        self._variant = variant
         self._services: dict[str, ServiceRules] | None = None  # what the kernel holds, by service port
         self._shared: dict[tuple[str, str], list[str]] = {}
         self.last_ruleset: Ruleset | None = None  # what the last successful sync applied
+
+    @functools.cached_property
+    def variant(self) -> str:
+        """legacy or nft; "auto" asks the node at first use, not at construction."""
+        return detect_variant(self.family) if self._variant == "auto" else self._variant
+
+    @functools.cached_property
+    def tool(self) -> str:
+        return f"{'iptables' if self.family == 4 else 'ip6tables'}-{self.variant}"
+
+    @functools.cached_property
+    def save_tool(self) -> str:
+        return self.tool + "-save"
+
+    @functools.cached_property
+    def restore_tool(self) -> str:
+        return self.tool + "-restore"
 
     # -- kernel I/O --------------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 
 import subprocess
-import uuid
 
 from .. import netns
 from .apply import IptablesBackend, OWN_CHAINS
@@ -51,15 +50,10 @@ def _is_ours(table: str, chain: str) -> bool:
 
 
 def canonical(ruleset: Ruleset, variant: str) -> str:
-    name = f"pyproxy-diff-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        with netns.entered(name):
-            backend = IptablesBackend(ruleset.family, variant)
-            backend.sync(ruleset, full=True)
-            return _save(backend)
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    with netns.scratch():
+        backend = IptablesBackend(ruleset.family, variant)
+        backend.sync(ruleset, full=True)
+        return _save(backend)
 
 
 def _save(backend: IptablesBackend) -> str:

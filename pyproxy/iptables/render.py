@@ -11,14 +11,14 @@ partial sync rewrites only the own chains of services that changed.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from ..backend import PortMemo
+from ..chainhash import chain_hash, port_proto_hash
 from ..config import ProxyConfig
 from ..rendertext import object_text
-from ..view import NodeView, ServicePortView, local_traffic_match
+from ..view import LocalTraffic, NodeView, ServicePortView, local_traffic, node_port_ips
 
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
@@ -75,31 +75,13 @@ def jump_chains(family: int, config: ProxyConfig) -> list[Jump]:
     return jumps
 
 
-_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-_B32_PAIRS = [a + b for a in _B32 for b in _B32]  # 10 bits -> 2 characters
-
-
-def _hash16(text: str) -> str:
-    """kube-proxy's chain hash: base32(sha256(text))[:16]. Sixteen base32 characters are exactly
-    the first ten digest bytes, encoded here 10 bits at a time (base64.b32encode is pure Python
-    in 3.11 and was most of the render time)."""
-    v = int.from_bytes(hashlib.sha256(text.encode()).digest()[:10], "big")
-    p = _B32_PAIRS
-    return (p[v >> 70] + p[(v >> 60) & 1023] + p[(v >> 50) & 1023] + p[(v >> 40) & 1023]
-            + p[(v >> 30) & 1023] + p[(v >> 20) & 1023] + p[(v >> 10) & 1023] + p[v & 1023])
-
-
-def port_proto_hash(service_port: str, protocol: str) -> str:
-    return _hash16(service_port + protocol)
-
-
 def chain_names(sp: ServicePortView) -> dict[str, str]:
     h = port_proto_hash(sp.name_string, sp.protocol.lower())
     return {"svc": "KUBE-SVC-" + h, "svl": "KUBE-SVL-" + h, "ext": "KUBE-EXT-" + h, "fw": "KUBE-FW-" + h}
 
 
 def endpoint_chain(sp: ServicePortView, endpoint: str) -> str:
-    return "KUBE-SEP-" + _hash16(sp.name_string + sp.protocol.lower() + endpoint)
+    return "KUBE-SEP-" + chain_hash(sp.name_string + sp.protocol.lower() + endpoint)
 
 
 def probability(n: int) -> str:
@@ -133,8 +115,18 @@ class Context:
     @classmethod
     def of(cls, view: NodeView, config: ProxyConfig, family: int) -> "Context":
         endpoints = sum(len(p.reachable_endpoints) for p in view.ports if p.family == family)
-        return cls(family, config.masquerade_mark, config.masquerade_all, local_traffic_match(config, view, family),
+        local = local_traffic(config, view, family)
+        return cls(family, config.masquerade_mark, config.masquerade_all,
+                   (local_match(local), local_match(local, negate=True)) if local else None,
                    view.node_ips_of(family), endpoints > LARGE_CLUSTER_ENDPOINTS)
+
+
+def local_match(local: LocalTraffic, negate: bool = False) -> list[str]:
+    """The local-traffic detector as iptables match arguments (IPVS mode's iptables rules too)."""
+    neg = ["!"] if negate else []
+    if local.cidr:
+        return [*neg, "-s", local.cidr]
+    return [*neg, "-i", local.interface + ("+" if local.prefix else "")]
 
 
 def _comment(text: str) -> tuple[str, ...]:
@@ -465,7 +457,8 @@ def assemble(view: NodeView, config: ProxyConfig, family: int, services: dict[st
         *(["--random-fully"] if random_fully else []))
     # The tail-call to node ports: after every other service rule.
     nodeport_comment = _comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
-    if not config.node_port_addresses:
+    chosen = node_port_ips(view, config, family)
+    if chosen is None:
         dest = ["-m", "addrtype", "--dst-type", "LOCAL"]
         if family == 6:
             dest += ["!", "-d", "::1/128"]
@@ -473,25 +466,6 @@ def assemble(view: NodeView, config: ProxyConfig, family: int, services: dict[st
             dest += ["!", "-d", "127.0.0.0/8"]
         add("nat", KUBE_SERVICES, *nodeport_comment, *dest, "-j", KUBE_NODEPORTS)
     else:
-        for ip in node_port_ips(view, config, family):
+        for ip in chosen:
             add("nat", KUBE_SERVICES, *nodeport_comment, "-d", str(ip), "-j", KUBE_NODEPORTS)
     return Ruleset(family, filter_chains, nat_chains, shared, services, jump_chains(family, config))
-
-
-def node_port_ips(view: NodeView, config: ProxyConfig, family: int) -> list:
-    """Node addresses inside nodePortAddresses ("primary": the node's first address of the family)."""
-    import ipaddress
-
-    ips = []
-    for ip in view.node_ips_of(family):
-        for entry in config.node_port_addresses:
-            if entry == "primary":
-                if ip == view.node_ips_of(family)[0]:
-                    ips.append(ip)
-                    break
-            elif ip in ipaddress.ip_network(entry):
-                if ip.is_loopback and (family == 6 or not config.localhost_node_ports):
-                    continue
-                ips.append(ip)
-                break
-    return ips

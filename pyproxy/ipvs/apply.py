@@ -1,4 +1,4 @@
-"""Reconcile the kernel with an IpvsRuleset: IPVS through its netlink API (netlink.py, many
+"""Reconcile the kernel with an IpvsRuleset: IPVS through its netlink API (pyproxy/netlink/ipvs.py, many
 changes per system call), the dummy device's addresses (rtnetlink), the ipsets (`ipset restore`)
 and the iptables chains IPVS mode needs.
 
@@ -19,15 +19,15 @@ import os
 import subprocess
 import time
 
-from ..backend import SyncResult
-from ..cni.netlink import Netlink
+from ..backend import SyncError, SyncResult
 from ..iptables.apply import IptablesBackend, chain_removal, missing_jumps
 from ..iptables.render import CANARY, Jump, is_service_chain
-from .netlink import DEL_DEST, DEL_SERVICE, NEW_DEST, NEW_SERVICE, SET_DEST, SET_SERVICE, Dest, IpvsSocket, Service
+from ..netlink.ipvs import DEL_DEST, DEL_SERVICE, NEW_DEST, NEW_SERVICE, SET_DEST, SET_SERVICE, Dest, IpvsSocket, Service
+from ..netlink.route import Netlink
 from .render import DUMMY_DEVICE, IPSETS, IpvsRuleset, PortIpvs, RealServer, set_name
 
 
-class IpvsError(RuntimeError):
+class IpvsError(SyncError):
     pass
 
 
@@ -53,7 +53,6 @@ class IpvsBackend:
                  exclude_cidrs: tuple = ()) -> None:
         self.family = family
         self.iptables = IptablesBackend(family, variant)
-        self.variant = f"ipvs+iptables-{self.iptables.variant}"
         self.strict_arp = strict_arp
         self.exclude = exclude_cidrs
         self._ports: dict[str, PortIpvs] | None = None  # what the kernel holds, by service port
@@ -62,6 +61,10 @@ class IpvsBackend:
         self._bound: set[str] = set()
         self.terminating: dict[tuple[tuple[str, str, int], RealServer], float] = {}  # -> since
         self.last_ruleset: IpvsRuleset | None = None
+
+    @property
+    def variant(self) -> str:
+        return f"ipvs+iptables-{self.iptables.variant}"
 
     # -- the pieces ------------------------------------------------------------------------------
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import difflib
 import subprocess
-import uuid
 
 from .. import netns
-from ..cni.netlink import Netlink
 from ..iptables.apply import IptablesBackend
+from ..netlink.ipvs import IpvsSocket
+from ..netlink.route import Netlink
 from .apply import IpvsBackend, _live, _live_sets, ensure_ip_vs
-from .netlink import IpvsSocket
 from .render import DUMMY_DEVICE, IpvsRuleset, VirtualServer
 
 
@@ -42,17 +41,12 @@ def chain_rules(backend: IptablesBackend, chains: dict[str, set[str]]) -> list[s
 
 
 def expected_rules(ruleset: IpvsRuleset, variant: str, chains: dict[str, set[str]]) -> list[str]:
-    scratch = f"pyproxy-diff-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", scratch], check=True)
-    try:
-        with netns.entered(scratch):
-            subprocess.run(["ipset", "restore", "-exist"], input="\n".join(
-                line for line in ruleset.ipset_lines() if line.startswith("create ")) + "\n", text=True, check=True)
-            backend = IptablesBackend(ruleset.family, variant)
-            backend.restore(ruleset.nat + ruleset.filter)
-            return chain_rules(backend, chains)
-    finally:
-        subprocess.run(["ip", "netns", "del", scratch], check=False)
+    with netns.scratch():
+        subprocess.run(["ipset", "restore", "-exist"], input="\n".join(
+            line for line in ruleset.ipset_lines() if line.startswith("create ")) + "\n", text=True, check=True)
+        backend = IptablesBackend(ruleset.family, variant)
+        backend.restore(ruleset.nat + ruleset.filter)
+        return chain_rules(backend, chains)
 
 
 def diff(ruleset: IpvsRuleset, variant: str = "auto") -> str:

@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 from ..backend import PortMemo
 from ..config import ProxyConfig
-from ..view import NodeView, ServicePortView, local_traffic_match
+from ..iptables.render import local_match
+from ..view import NodeView, ServicePortView, local_traffic
 
 DUMMY_DEVICE = "kube-ipvs0"
 PERSISTENT = 0x1  # IP_VS_SVC_F_PERSISTENT
@@ -294,11 +295,11 @@ def iptables_rules(config: ProxyConfig, view: NodeView, family: int, sets: dict[
             (nat if table == "nat" else flt).append(rule)
     if used("KUBE-CLUSTER-IP"):
         head = f"-A KUBE-SERVICES {comment('KUBE-CLUSTER-IP')} -m set --match-set {name('KUBE-CLUSTER-IP')}"
-        local = local_traffic_match(config, view, family)
+        local = local_traffic(config, view, family)
         if config.masquerade_all:
             nat.append(f"{head} dst,dst -j KUBE-MARK-MASQ")
         elif local is not None:
-            nat.append(f"{head} dst,dst {' '.join(local[1])} -j KUBE-MARK-MASQ")
+            nat.append(f"{head} dst,dst {' '.join(local_match(local, negate=True))} -j KUBE-MARK-MASQ")
         else:
             nat.append(f"{head} src,dst -j KUBE-MARK-MASQ")
     # pyproxy: the node's own connections to eTP=Local frontends are masqueraded, as in iptables
@@ -344,8 +345,8 @@ def iptables_rules(config: ProxyConfig, view: NodeView, family: int, sets: dict[
     if used("KUBE-NO-LOCAL-ENDPOINTS"):
         head = (f"-A KUBE-SERVICES {comment('KUBE-NO-LOCAL-ENDPOINTS')} -m set --match-set "
                 f"{name('KUBE-NO-LOCAL-ENDPOINTS')} dst,dst")
-        local = local_traffic_match(config, view, family)
-        pods = f" {' '.join(local[1])}" if local is not None else ""
+        local = local_traffic(config, view, family)
+        pods = f" {' '.join(local_match(local, negate=True))}" if local is not None else ""
         flt.append(f"{head}{pods} -m addrtype ! --src-type LOCAL -j DROP")
     nat += [f"-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN",
             f"-A KUBE-POSTROUTING -j MARK --xor-mark {mark}",

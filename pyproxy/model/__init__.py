@@ -1,6 +1,7 @@
 """Frozen Kubernetes API types and their parsing. Nothing here does I/O."""
 
-from .parse import Cluster, ValidationError, parse_object, parse_objects
+from .cluster import Cluster
+from .parse import ValidationError, parse_object, parse_objects
 from .types import Endpoint, EndpointPort, EndpointSlice, Node, Service, ServicePort
 
 __all__ = ["Cluster", "Endpoint", "EndpointPort", "EndpointSlice", "Node", "Service", "ServicePort",

@@ -8,10 +8,10 @@ others from being programmed. Kinds pyproxy does not use are ignored silently.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import names
+from .cluster import Cluster
 from .types import (
     SERVICE_NAME_LABEL,
     TOPOLOGY_HINTS_ANNOTATION,
@@ -35,31 +35,6 @@ class ValidationError(ValueError):
     def __init__(self, ref: str, path: str, message: str) -> None:
         super().__init__(f"{ref}: {path}: {message}")
         self.ref, self.path, self.message = ref, path, message
-
-
-@dataclass
-class Cluster:
-    """The state of the cluster as far as one node cares: services, slices, nodes by key."""
-
-    services: dict[str, Service] = field(default_factory=dict)
-    slices: dict[str, EndpointSlice] = field(default_factory=dict)
-    nodes: dict[str, Node] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-
-    def add(self, obj: Service | EndpointSlice | Node) -> None:
-        if isinstance(obj, Service):
-            self.services[obj.key] = obj
-        elif isinstance(obj, EndpointSlice):
-            self.slices[f"{obj.namespace}/{obj.name}"] = obj
-        else:
-            self.nodes[obj.name] = obj
-
-    def slices_by_service(self) -> dict[str, list[EndpointSlice]]:
-        out: dict[str, list[EndpointSlice]] = {}
-        for key in sorted(self.slices):  # a stable order, so equal states give equal views
-            s = self.slices[key]
-            out.setdefault(s.service_key, []).append(s)
-        return out
 
 
 class _Reader:

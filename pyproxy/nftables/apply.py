@@ -5,7 +5,7 @@ A full sync replaces our table in one `nft -f` transaction (`add table; delete t
 transaction: the chains and affinity sets of changed services (declared, flushed, refilled), new
 endpoint-map shards and the map/set elements that differ; stale chains go after the elements
 that pointed at them. When only elements differ (an endpoint moved), they go as one nfnetlink
-batch instead (elements.py): nft's start-up alone costs more than the change. Nothing outside
+batch instead (pyproxy/netlink/nftables.py): nft's start-up alone costs more than the change. Nothing outside
 our table is touched. A failed transaction changes nothing (both paths are atomic) and makes the
 next sync a full one.
 """
@@ -17,12 +17,12 @@ import socket
 import subprocess
 import time
 
-from ..backend import SyncResult
-from .elements import ElementBatch, ElementError, open_socket
+from ..backend import SyncError, SyncResult
+from ..netlink.nftables import ElementBatch, ElementError, open_socket
 from .render import NftRuleset, ServiceNft, element_lines
 
 
-class NftError(RuntimeError):
+class NftError(SyncError):
     pass
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import re
 import subprocess
-import uuid
 
 from .. import netns
 from .apply import NftablesBackend
@@ -46,14 +45,9 @@ def listing(family: str, table: str) -> str:
 
 
 def diff(ruleset: NftRuleset) -> str:
-    scratch = f"pyproxy-diff-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", scratch], check=True)
-    try:
-        with netns.entered(scratch):
-            NftablesBackend(ruleset.family, ruleset.table).run(ruleset.script())
-            expected = listing(ruleset.nft_family, ruleset.table)
-    finally:
-        subprocess.run(["ip", "netns", "del", scratch], check=False)
+    with netns.scratch():
+        NftablesBackend(ruleset.family, ruleset.table).run(ruleset.script())
+        expected = listing(ruleset.nft_family, ruleset.table)
     live = listing(ruleset.nft_family, ruleset.table)
     return "".join(difflib.unified_diff([l + "\n" for l in normalize(expected)], [l + "\n" for l in normalize(live)],
                                         fromfile="expected (pyproxy dump --backend nftables)",

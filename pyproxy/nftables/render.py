@@ -30,10 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..backend import PortMemo
+from ..chainhash import port_proto_hash
 from ..config import ProxyConfig
 from ..rendertext import object_text
-from ..iptables.render import node_port_ips, port_proto_hash
-from ..view import NodeView, ServicePortView, local_traffic_match
+from ..view import LocalTraffic, NodeView, ServicePortView, local_traffic, node_port_ips
 
 TABLE = "kube-proxy"
 
@@ -99,9 +99,9 @@ def static_part(config: ProxyConfig, view: NodeView, family: int) -> str:
     mark = config.masquerade_mark
     loopback = "127.0.0.0/8" if family == 4 else "::1"
     nodeport_ips = ""
-    if config.node_port_addresses:
+    chosen = node_port_ips(view, config, family)
+    if chosen is not None:
         nodeport_match = f"{ip} daddr @nodeport-ips"
-        chosen = node_port_ips(view, config, family)
         nodeport_ips = f" elements = {{ {', '.join(map(str, chosen))} }};" if chosen else ""
     else:
         nodeport_match = f"fib daddr type local {ip} daddr != {loopback}"
@@ -226,7 +226,7 @@ def render_service(sp: ServicePortView, config: ProxyConfig, view: NodeView, blo
     has_internal, has_external = sp.has_internal_endpoints, sp.has_external_endpoints
     uses_ext_chain, uses_fw_chain = sp.uses_external_chain, sp.uses_firewall
     verdict = "goto reject-chain" if not sp.has_endpoints else "drop"
-    local = local_traffic_match(config, view, fam)
+    local = local_traffic(config, view, fam)
 
     out.element("cluster-ips", cip)
     if has_internal:
@@ -258,14 +258,14 @@ def render_service(sp: ServicePortView, config: ProxyConfig, view: NodeView, blo
         if config.masquerade_all:
             masq_internal = [f"{match} jump mark-for-masquerade"]
         elif local is not None:
-            masq_internal = [f"{match} {_nft_match(local[1], ip)} jump mark-for-masquerade"]
+            masq_internal = [f"{match} {_nft_match(local, ip, negate=True)} jump mark-for-masquerade"]
     if uses_ext_chain:
         rules = chains.setdefault(ext_chain, [])
         if not sp.external_policy_local:
             rules += ["jump mark-for-masquerade", f"goto {svc_chain}"]
         else:
             if local is not None:
-                rules.append(f"{_nft_match(local[0], ip)} goto {svc_chain}")  # pods short-circuit
+                rules.append(f"{_nft_match(local, ip)} goto {svc_chain}")  # pods short-circuit
             rules += ["fib saddr type local jump mark-for-masquerade", f"fib saddr type local goto {svc_chain}"]
             if has_external:
                 rules.append(f"goto {external_policy_chain}")
@@ -311,15 +311,12 @@ def _affinity(out: ServiceNft, sp: ServicePortView, chain: str, endpoints, ip: s
     return rules
 
 
-def _nft_match(iptables_args: list[str], ip: str) -> str:
-    """The local-traffic detector's iptables arguments as an nft match."""
-    negate = iptables_args[0] == "!"
-    option, value = iptables_args[-2], iptables_args[-1]
+def _nft_match(local: LocalTraffic, ip: str, negate: bool = False) -> str:
+    """The local-traffic detector as an nft match."""
     op = "!= " if negate else ""
-    if option == "-s":
-        return f"{ip} saddr {op}{value}"
-    name = value[:-1] + "*" if value.endswith("+") else value
-    return f'iifname {op}"{name}"'
+    if local.cidr:
+        return f"{ip} saddr {op}{local.cidr}"
+    return f'iifname {op}"{local.interface}{"*" if local.prefix else ""}"'
 
 
 class NftRenderer:

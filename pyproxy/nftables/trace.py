@@ -15,7 +15,7 @@ import ipaddress
 import re
 from dataclasses import replace
 
-from ..iptables.trace import Outcome, Packet
+from ..tracing import Outcome, Packet
 from .render import NftRuleset
 
 _SET = re.compile(r"\{ ([^}]*) \}")

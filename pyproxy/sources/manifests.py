@@ -15,7 +15,8 @@ from typing import Iterator
 
 import yaml
 
-from ..model.parse import Cluster, is_list, parse_objects
+from ..model.cluster import Cluster
+from ..model.parse import is_list, parse_objects
 
 try:  # the C loader is ~10x faster on large dumps
     _Loader = yaml.CSafeLoader

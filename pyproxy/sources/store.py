@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model.parse import Cluster
+from ..model.cluster import Cluster
 
 
 @dataclass

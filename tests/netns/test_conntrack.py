@@ -1,6 +1,6 @@
-"""Stale UDP flows over netlink (pyproxy.ctnetlink), in a namespace made here: exactly the stale
-flows go, the others stay untouched, TCP flows are never looked at, and a delete of a flow that
-ended meanwhile is not an error."""
+"""Stale UDP flows over netlink (pyproxy.netlink.conntrack), in a namespace made here: exactly the
+stale flows go, the others stay untouched, TCP flows are never looked at, and a delete of a flow
+that ended meanwhile is not an error."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 
 from pyproxy import netns
 from pyproxy.conntrack import ConntrackCleaner
-from pyproxy.ctnetlink import Conntrack
+from pyproxy.netlink.conntrack import Conntrack
 from pyproxy.model import parse_objects
 from pyproxy.view import build_view
 

@@ -99,7 +99,7 @@ def _service(name, cluster_ips, **spec):
 
 
 def test_element_only_changes_sent_over_netlink_match_a_full_load(namespaces):
-    """An endpoint that moves is sent as an nfnetlink element batch (elements.py), not through
+    """An endpoint that moves is sent as an nfnetlink element batch (pyproxy/netlink/nftables.py), not through
     nft: the live table must then be exactly what loading the whole ruleset with nft gives, for
     both families and every element shape (endpoint maps, hairpin pairs, verdict maps, sets)."""
     from pyproxy.model import parse_objects

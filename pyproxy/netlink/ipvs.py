@@ -15,15 +15,13 @@ import errno
 import os
 import socket
 import struct
-from typing import Iterable, NamedTuple
+from typing import Iterator, NamedTuple
 
-from ..cni.netlink import _HDR, attr, nested, parse_attrs
+from .core import (NETLINK_CAP_ACK, NETLINK_GENERIC, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+                   SOL_NETLINK, attr, error_code, message, messages, nested, parse_attrs, queued_errors)
 
-NETLINK_GENERIC, GENL_ID_CTRL, CTRL_CMD_GETFAMILY = 16, 0x10, 3
+GENL_ID_CTRL, CTRL_CMD_GETFAMILY = 0x10, 3
 CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-SOL_NETLINK, NETLINK_CAP_ACK = 270, 10
 IPVS_VERSION = 1
 NEW_SERVICE, SET_SERVICE, DEL_SERVICE, GET_SERVICE = 1, 2, 3, 4
 NEW_DEST, SET_DEST, DEL_DEST, GET_DEST = 5, 6, 7, 8
@@ -129,24 +127,18 @@ class IpvsSocket:
 
     def _message(self, kind: int, cmd: int, flags: int, payload: bytes, version: int = IPVS_VERSION) -> bytes:
         self.seq += 1
-        body = _GENL.pack(cmd, version, 0) + payload
-        return _HDR.pack(_HDR.size + len(body), kind, flags, self.seq, 0) + body
+        return message(kind, flags, self.seq, _GENL.pack(cmd, version, 0) + payload)
 
-    def _replies(self) -> Iterable[tuple[int, int, bytes]]:
-        """(type, seq, payload) for each message in the next datagram."""
-        data = self.sock.recv(1 << 20)
-        pos = 0
-        while pos + _HDR.size <= len(data):
-            length, kind, _, seq, _ = _HDR.unpack_from(data, pos)
-            yield kind, seq, data[pos + _HDR.size:pos + length]
-            pos += (length + 3) & ~3
+    def _replies(self) -> Iterator[tuple[int, int, int, bytes]]:
+        """(type, flags, seq, payload) for each message in the next datagram."""
+        return messages(self.sock.recv(1 << 20))
 
     def _resolve(self) -> int:
         self.sock.send(self._message(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, NLM_F_REQUEST,
                                      attr(CTRL_ATTR_FAMILY_NAME, b"IPVS\0"), version=1))
-        for kind, _, payload in self._replies():
+        for kind, _, _, payload in self._replies():
             if kind == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", payload)[0]
+                code = error_code(payload)
                 raise IpvsNetlinkError(code, f"the kernel has no IPVS ({os.strerror(code)}): is ip_vs loaded?")
             return struct.unpack_from("=H", parse_attrs(payload[_GENL.size:])[CTRL_ATTR_FAMILY_ID])[0]
         raise IpvsNetlinkError(errno.EIO, "no answer resolving the IPVS netlink family")
@@ -155,11 +147,11 @@ class IpvsSocket:
         self.sock.send(self._message(self.family, cmd, NLM_F_REQUEST | NLM_F_DUMP, payload))
         out = []
         while True:
-            for kind, _, body in self._replies():
+            for kind, _, _, body in self._replies():
                 if kind == NLMSG_DONE:
                     return out
                 if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", body)[0]
+                    code = error_code(body)
                     if code:
                         raise IpvsNetlinkError(code, os.strerror(code))
                     continue
@@ -174,9 +166,9 @@ class IpvsSocket:
         self.sock.send(self._message(self.family, GET_SERVICE, NLM_F_REQUEST,
                                      nested(CMD_ATTR_SERVICE, key.key_attrs())))
         while True:
-            for kind, _, body in self._replies():
+            for kind, _, _, body in self._replies():
                 if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", body)[0]
+                    code = error_code(body)
                     if code in (errno.ESRCH, errno.ENOENT):
                         return None
                     raise IpvsNetlinkError(code, os.strerror(code))
@@ -210,10 +202,10 @@ class IpvsSocket:
                 payload = keys.get(service) or keys.setdefault(service, nested(CMD_ATTR_SERVICE, service.key_attrs()))
             if dest is not None:
                 payload += nested(CMD_ATTR_DEST, dest.attrs())
-            message = self._message(self.family, cmd, NLM_F_REQUEST, payload)
+            msg = self._message(self.family, cmd, NLM_F_REQUEST, payload)
             sent[self.seq] = change
-            batch.append(message)
-            size += len(message)
+            batch.append(msg)
+            size += len(msg)
             if size >= self.BATCH_BYTES:
                 self._send(batch, sent)
                 batch, size = [], 0
@@ -225,15 +217,9 @@ class IpvsSocket:
         error = None
         self.sock.setblocking(False)
         try:
-            while True:
-                try:
-                    replies = list(self._replies())
-                except BlockingIOError:
-                    break
-                for kind, seq, body in replies:
-                    code = -struct.unpack_from("=i", body)[0] if kind == NLMSG_ERROR else 0
-                    if code and error is None and seq in sent:
-                        error = (code, sent[seq])
+            for seq, code in queued_errors(self.sock, 1 << 20):
+                if error is None and seq in sent:
+                    error = (code, sent[seq])
         finally:
             self.sock.settimeout(30)
         sent.clear()

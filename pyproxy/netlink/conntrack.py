@@ -15,16 +15,14 @@ import ipaddress
 import os
 import socket
 import struct
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from .cni.netlink import attr, nested
+from .core import (HEADER, NETLINK_NETFILTER, NFGEN, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_DONE,
+                   NLMSG_ERROR, attr, iter_attrs, nested, netfilter_message, queued_errors)
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
-NLM_F_REQUEST, NLM_F_CREATE, NLM_F_EXCL, NLM_F_DUMP = 0x1, 0x400, 0x200, 0x300
 CTA_TIMEOUT = 7
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_FILTER = 1, 2, 25
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
@@ -32,15 +30,11 @@ CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 CTA_FILTER_ORIG_FLAGS = 1
 CTA_FILTER_FLAG_CTA_PROTO_NUM = 1 << 3
 PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
-_HEADER = struct.Struct("=IHHII")
 # The kernel lays out an IPv4 flow's two tuples always the same way (ip {src, dst}, proto {num,
 # sport, dport}): 52 bytes each. Read at fixed offsets when the layout is that one, which is
 # several times faster than walking the attributes (100,000 flows: 1.7 s -> 0.2 s).
 _V4_TUPLES = struct.Struct("!8x4x4s4x4s8xB3x4xH2x4xH2x" "8x4x4s4x4s8xB3x4xH2x4xH2x")
 _V4_LAYOUT = (b"\x34\x00\x01\x80\x14\x00\x01\x80\x08\x00\x01\x00", 52, b"\x34\x00\x02\x80\x14\x00\x01\x80\x08\x00\x01\x00")
-_NFGEN = struct.Struct("=BBH")
-_ATTR = struct.Struct("=HH")
-NLA_TYPE_MASK = 0x3FFF
 
 
 class ConntrackError(OSError):
@@ -50,27 +44,18 @@ class ConntrackError(OSError):
 Tuple = tuple[str, str, int, int]  # source, destination, source port, destination port
 
 
-def _attrs(data: bytes, pos: int, end: int) -> Iterator[tuple[int, bytes]]:
-    while pos + 4 <= end:
-        length, kind = _ATTR.unpack_from(data, pos)
-        if length < 4:
-            return
-        yield kind & NLA_TYPE_MASK, data[pos + 4: pos + length]
-        pos += (length + 3) & ~3
-
-
 def _tuple(data: bytes) -> Tuple | None:
     src = dst = ""
     sport = dport = 0
-    for kind, value in _attrs(data, 0, len(data)):
+    for kind, value in iter_attrs(data):
         if kind == CTA_TUPLE_IP:
-            for k, v in _attrs(value, 0, len(value)):
+            for k, v in iter_attrs(value):
                 if k in (CTA_IP_V4_SRC, CTA_IP_V6_SRC):
                     src = str(ipaddress.ip_address(v))
                 elif k in (CTA_IP_V4_DST, CTA_IP_V6_DST):
                     dst = str(ipaddress.ip_address(v))
         elif kind == CTA_TUPLE_PROTO:
-            for k, v in _attrs(value, 0, len(value)):
+            for k, v in iter_attrs(value):
                 if k == CTA_PROTO_SRC_PORT:
                     sport = struct.unpack("!H", v)[0]
                 elif k == CTA_PROTO_DST_PORT:
@@ -109,8 +94,7 @@ class Conntrack:
 
     def _message(self, msg: int, flags: int, family: int, body: bytes) -> bytes:
         self.seq += 1
-        payload = _NFGEN.pack(family, 0, 0) + body
-        return _HEADER.pack(_HEADER.size + len(payload), (NFNL_SUBSYS_CTNETLINK << 8) | msg, flags, self.seq, 0) + payload
+        return netfilter_message((NFNL_SUBSYS_CTNETLINK << 8) | msg, flags, self.seq, family, body)
 
     def flows(self, family: int = 4, protocol: str = "udp", wanted=None) -> list[tuple[Tuple, Tuple]]:
         """(original tuple, reply tuple) of every flow of `protocol` in this namespace; with
@@ -133,12 +117,12 @@ class Conntrack:
         while True:
             data = self.sock.recv(1 << 20)
             pos = 0
-            while pos + _HEADER.size <= len(data):
-                length, kind, _, _, _ = _HEADER.unpack_from(data, pos)
+            while pos + HEADER.size <= len(data):
+                length, kind, _, _, _ = HEADER.unpack_from(data, pos)
                 if kind == NLMSG_DONE:
                     return out
                 if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", data, pos + _HEADER.size)[0]
+                    code = -struct.unpack_from("=i", data, pos + HEADER.size)[0]
                     if code:
                         raise ConntrackError(code, f"conntrack dump: {os.strerror(code)}")
                 elif kind & 0xFF == 0 and af == socket.AF_INET and data.startswith(_V4_LAYOUT[0], pos + 20) \
@@ -150,7 +134,7 @@ class Conntrack:
                 elif kind & 0xFF == 0:  # IPCTNL_MSG_CT_NEW: one flow, any layout
                     orig = reply = None
                     is_protocol = False
-                    for a, value in _attrs(data, pos + _HEADER.size + _NFGEN.size, pos + length):
+                    for a, value in iter_attrs(data, pos + HEADER.size + NFGEN.size, pos + length):
                         if a == CTA_TUPLE_ORIG:
                             orig = _tuple(value)
                             is_protocol = bytes([protocol]) in _proto_numbers(value)
@@ -191,21 +175,11 @@ class Conntrack:
     def _drain_errors(self) -> int:
         """Errors the kernel queued for the last buffer; ENOENT counted, anything else raised."""
         missing = 0
-        while True:
-            try:
-                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return missing
-            pos = 0
-            while pos + _HEADER.size <= len(data):
-                length, kind, _, _, _ = _HEADER.unpack_from(data, pos)
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", data, pos + _HEADER.size)[0]
-                    if code == errno.ENOENT:
-                        missing += 1
-                    elif code:
-                        raise ConntrackError(code, f"conntrack delete: {os.strerror(code)}")
-                pos += (length + 3) & ~3
+        for _, code in queued_errors(self.sock, 1 << 16, socket.MSG_DONTWAIT):
+            if code != errno.ENOENT:
+                raise ConntrackError(code, f"conntrack delete: {os.strerror(code)}")
+            missing += 1
+        return missing
 
 
 def _packed(ip: str) -> bytes:
@@ -213,9 +187,9 @@ def _packed(ip: str) -> bytes:
 
 
 def _proto_numbers(tuple_data: bytes) -> bytes:
-    for kind, value in _attrs(tuple_data, 0, len(tuple_data)):
+    for kind, value in iter_attrs(tuple_data):
         if kind == CTA_TUPLE_PROTO:
-            for k, v in _attrs(value, 0, len(value)):
+            for k, v in iter_attrs(value):
                 if k == CTA_PROTO_NUM:
                     return v
     return b""

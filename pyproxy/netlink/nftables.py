@@ -17,17 +17,13 @@ import os
 import socket
 import struct
 
-from ..cni.netlink import _HDR, attr, nested
+from .core import (NETLINK_CAP_ACK, NETLINK_NETFILTER, NLM_F_CREATE, NLM_F_REQUEST, SOL_NETLINK, attr, nested,
+                   netfilter_message, queued_errors)
 
-NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
 SO_SNDBUFFORCE = 32
-NETLINK_CAP_ACK = 10  # socket option: errors echo only the header of a failed message
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
-NLM_F_REQUEST, NLM_F_CREATE = 0x1, 0x400
-NLMSG_ERROR = 2
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA = 1, 2
@@ -35,7 +31,6 @@ NFTA_DATA_VALUE, NFTA_DATA_VERDICT = 1, 2
 NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN = 1, 2
 VERDICTS = {"drop": 0, "accept": 1, "jump": -3, "goto": -4}
 PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
-_NFGEN = struct.Struct("=BBH")
 
 
 class ElementError(OSError):
@@ -81,11 +76,6 @@ def open_socket() -> socket.socket:
     return sock
 
 
-def _message(kind: int, flags: int, seq: int, family: int, payload: bytes, res_id: int = 0) -> bytes:
-    body = _NFGEN.pack(family, 0, socket.htons(res_id)) + payload
-    return _HDR.pack(_HDR.size + len(body), kind, flags, seq, 0) + body
-
-
 class ElementBatch:
     """Element additions and deletions for one table, sent as one nfnetlink transaction."""
 
@@ -112,7 +102,8 @@ class ElementBatch:
 
     def encode(self) -> bytes:
         seq = 1
-        parts = [_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, socket.AF_UNSPEC, b"", NFNL_SUBSYS_NFTABLES)]
+        parts = [netfilter_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, socket.AF_UNSPEC, b"",
+                                   NFNL_SUBSYS_NFTABLES)]
         for kind, container, elements in self.ops:
             seq += 1
             payload = (attr(NFTA_SET_ELEM_LIST_TABLE, self.table.encode() + b"\0")
@@ -120,9 +111,9 @@ class ElementBatch:
                        + nested(NFTA_SET_ELEM_LIST_ELEMENTS,
                                 *(nested(NFTA_LIST_ELEM, e) for e in elements)))
             flags = NLM_F_REQUEST | (NLM_F_CREATE if kind == NFT_MSG_NEWSETELEM else 0)
-            parts.append(_message(NFNL_SUBSYS_NFTABLES << 8 | kind, flags, seq, self.nfproto, payload))
-        parts.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, socket.AF_UNSPEC, b"",
-                              NFNL_SUBSYS_NFTABLES))
+            parts.append(netfilter_message(NFNL_SUBSYS_NFTABLES << 8 | kind, flags, seq, self.nfproto, payload))
+        parts.append(netfilter_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, socket.AF_UNSPEC, b"",
+                                       NFNL_SUBSYS_NFTABLES))
         return b"".join(parts)
 
     def send(self, sock: socket.socket | None = None) -> int:
@@ -138,20 +129,7 @@ class ElementBatch:
                 # the whole batch is one datagram: past net.core.wmem_max only SO_SNDBUFFORCE (root) fits it
                 sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(data) * 2)
             sock.sendto(data, (0, 0))
-            errors = []
-            while True:
-                try:
-                    reply = sock.recv(1 << 16)
-                except BlockingIOError:
-                    break
-                pos = 0
-                while pos + _HDR.size <= len(reply):
-                    length, kind, _, seq, _ = _HDR.unpack_from(reply, pos)
-                    if kind == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", reply, pos + _HDR.size)[0]
-                        if code:
-                            errors.append((seq, code))
-                    pos += (length + 3) & ~3 if length else len(reply)
+            errors = list(queued_errors(sock))
         finally:
             if own:
                 sock.close()

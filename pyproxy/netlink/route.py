@@ -17,14 +17,13 @@ import socket
 import struct
 from typing import NamedTuple
 
-# Message types and flags (linux/netlink.h, linux/rtnetlink.h).
-NLMSG_ERROR, NLMSG_DONE = 2, 3
+from .core import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_MULTI, NLM_F_REQUEST, NLMSG_DONE,
+                   NLMSG_ERROR, attr, error_code, message, messages, nested, parse_attrs)
+
+# Message types (linux/rtnetlink.h).
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-F_REQUEST, F_MULTI, F_ACK, F_DUMP = 0x1, 0x2, 0x4, 0x300
-F_REPLACE, F_EXCL, F_CREATE = 0x100, 0x200, 0x400
-NLA_F_NESTED = 0x8000
 
 # Link attributes (linux/if_link.h).
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
@@ -41,36 +40,9 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST = 254, 3, 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 
-_HDR = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_RTA = struct.Struct("=HH")
-
-
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def attr(kind: int, value: bytes) -> bytes:
-    body = _RTA.pack(_RTA.size + len(value), kind) + value
-    return body + b"\0" * (_align(len(body)) - len(body))
-
-
-def nested(kind: int, *attrs: bytes) -> bytes:
-    return attr(kind | NLA_F_NESTED, b"".join(attrs))
-
-
-def parse_attrs(data: bytes) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    pos = 0
-    while pos + _RTA.size <= len(data):
-        length, kind = _RTA.unpack_from(data, pos)
-        if length < _RTA.size:
-            break
-        out[kind & ~NLA_F_NESTED] = data[pos + _RTA.size : pos + length]
-        pos += _align(length)
-    return out
 
 
 def _cstr(value: bytes) -> str:
@@ -129,28 +101,23 @@ class Netlink:
         """Send one message; return the (type, body) replies. Errors raise NetlinkError."""
         self._seq += 1
         seq = self._seq
-        dump = flags & F_DUMP == F_DUMP
-        flags |= F_REQUEST | (0 if dump else F_ACK)
-        self._sock.send(_HDR.pack(_HDR.size + len(payload), kind, flags, seq, 0) + payload)
+        dump = flags & NLM_F_DUMP == NLM_F_DUMP
+        flags |= NLM_F_REQUEST | (0 if dump else NLM_F_ACK)
+        self._sock.send(message(kind, flags, seq, payload))
         replies: list[tuple[int, bytes]] = []
         while True:
-            data = self._sock.recv(1 << 20)
-            pos = 0
-            while pos + _HDR.size <= len(data):
-                length, mtype, mflags, mseq, _ = _HDR.unpack_from(data, pos)
-                body = data[pos + _HDR.size : pos + length]
-                pos += _align(length)
+            for mtype, mflags, mseq, body in messages(self._sock.recv(1 << 20)):
                 if mseq != seq:
                     continue
                 if mtype == NLMSG_DONE:
                     return replies
                 if mtype == NLMSG_ERROR:
-                    (code,) = struct.unpack_from("=i", body)
+                    code = error_code(body)
                     if code:
-                        raise NetlinkError(-code, os.strerror(-code))
+                        raise NetlinkError(code, os.strerror(code))
                     return replies
                 replies.append((mtype, body))
-                if not dump and not mflags & F_MULTI:
+                if not dump and not mflags & NLM_F_MULTI:
                     return replies
 
     # -- links --------------------------------------------------------------------------------
@@ -177,7 +144,7 @@ class Netlink:
         )
 
     def links(self) -> list[Link]:
-        replies = self.request(RTM_GETLINK, F_DUMP, _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+        replies = self.request(RTM_GETLINK, NLM_F_DUMP, _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
         return [self._link(body) for mtype, body in replies if mtype == RTM_NEWLINK]
 
     def link(self, name: str) -> Link | None:
@@ -199,7 +166,7 @@ class Netlink:
         if mtu:
             attrs += attr(IFLA_MTU, struct.pack("=I", mtu))
         attrs += nested(IFLA_LINKINFO, attr(IFLA_INFO_KIND, kind.encode()))
-        self.request(RTM_NEWLINK, F_CREATE | F_EXCL, _IFINFO.pack(0, 0, 0, 0, 0) + attrs)
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, _IFINFO.pack(0, 0, 0, 0, 0) + attrs)
 
     def create_veth(self, name: str, peer: str, peer_netns_fd: int, mtu: int = 0) -> None:
         """A veth pair: `name` here, `peer` created directly inside the namespace of the fd."""
@@ -219,7 +186,7 @@ class Netlink:
                 nested(IFLA_INFO_DATA, nested(VETH_INFO_PEER, peer_info)),
             )
         )
-        self.request(RTM_NEWLINK, F_CREATE | F_EXCL, _IFINFO.pack(0, 0, 0, 0, 0) + attrs)
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, _IFINFO.pack(0, 0, 0, 0, 0) + attrs)
 
     def set_link(self, index: int, *, up: bool | None = None, promisc: bool | None = None,
                  master: int | None = None, mtu: int | None = None, mac: str | None = None) -> None:
@@ -251,7 +218,7 @@ class Netlink:
 
     def addresses(self, index: int = 0) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
         out = []
-        replies = self.request(RTM_GETADDR, F_DUMP, _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+        replies = self.request(RTM_GETADDR, NLM_F_DUMP, _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
         for mtype, body in replies:
             family, prefix, _, _, ifindex = _IFADDR.unpack_from(body)
             if mtype != RTM_NEWADDR or (index and ifindex != index):
@@ -272,7 +239,7 @@ class Netlink:
         # for a second or two after the pod starts.
         flags = IFA_F_NODAD if ip.version == 6 else 0
         payload = _IFADDR.pack(family, iface.network.prefixlen, flags, RT_SCOPE_UNIVERSE, index) + attrs
-        self.request(RTM_NEWADDR, F_CREATE | F_EXCL, payload)
+        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, payload)
 
     def delete_address(self, index: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
         ip = iface.ip
@@ -283,7 +250,7 @@ class Netlink:
 
     def routes(self, family: int = socket.AF_UNSPEC) -> list[Route]:
         out = []
-        replies = self.request(RTM_GETROUTE, F_DUMP, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
+        replies = self.request(RTM_GETROUTE, NLM_F_DUMP, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))
         for mtype, body in replies:
             fam, dst_len, _, _, table, _, _, rtype, _ = _RTMSG.unpack_from(body)
             attrs = parse_attrs(body[_RTMSG.size :])
@@ -308,4 +275,4 @@ class Netlink:
         if gateway:
             attrs += attr(RTA_GATEWAY, gateway.packed)
         payload = _RTMSG.pack(family, dst.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
-        self.request(RTM_NEWROUTE, F_CREATE | F_EXCL, payload + attrs)
+        self.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, payload + attrs)

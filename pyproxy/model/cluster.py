@@ -1,0 +1,33 @@
+"""The cluster state one node cares about: services, slices and nodes by key, and the errors of
+the objects that could not be read. Sources fill it; the view reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .types import EndpointSlice, Node, Service
+
+
+@dataclass
+class Cluster:
+    """The state of the cluster as far as one node cares: services, slices, nodes by key."""
+
+    services: dict[str, Service] = field(default_factory=dict)
+    slices: dict[str, EndpointSlice] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, obj: Service | EndpointSlice | Node) -> None:
+        if isinstance(obj, Service):
+            self.services[obj.key] = obj
+        elif isinstance(obj, EndpointSlice):
+            self.slices[f"{obj.namespace}/{obj.name}"] = obj
+        else:
+            self.nodes[obj.name] = obj
+
+    def slices_by_service(self) -> dict[str, list[EndpointSlice]]:
+        out: dict[str, list[EndpointSlice]] = {}
+        for key in sorted(self.slices):  # a stable order, so equal states give equal views
+            s = self.slices[key]
+            out.setdefault(s.service_key, []).append(s)
+        return out
