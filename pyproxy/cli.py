@@ -238,7 +238,7 @@ def cluster_options(fn):
 
 def _setup(path, node, config_path, backend, cluster_cidr):
     """Load config and cluster; report invalid objects on stderr, one per line."""
-    from .config import ConfigError, load_config, parse_config
+    from .config import ConfigError, load_config, parse_config, with_mode_defaults
     from .sources.manifests import ManifestError, load_manifests
 
     try:
@@ -247,6 +247,7 @@ def _setup(path, node, config_path, backend, cluster_cidr):
             config = config.with_overrides(cluster_cidrs=parse_config({"clusterCIDR": cluster_cidr}).cluster_cidrs)
         if backend:
             config = config.with_overrides(mode=backend)
+        config = with_mode_defaults(config)
         cluster = load_manifests(path)
     except (ConfigError, ManifestError) as err:
         click.echo(f"error: {err}", err=True)
@@ -374,7 +375,7 @@ def run(ctx, path, kubeconfig, node, config_path, backend, family, cluster_cidr,
     import logging
     import signal
 
-    from .config import ConfigError, load_config, parse_config
+    from .config import ConfigError, load_config, parse_config, with_mode_defaults
     from .daemon import Daemon, node_name
     from .proxier import Proxier
 
@@ -387,8 +388,9 @@ def run(ctx, path, kubeconfig, node, config_path, backend, family, cluster_cidr,
         sys.exit(2)
     for warning in config.warnings:
         click.echo(f"warning: config: {warning}", err=True)
-    config = config.with_overrides(mode=backend, iptables_variant=iptables_variant,
-                                   healthz_bind_address=healthz_bind_address, metrics_bind_address=metrics_bind_address)
+    config = with_mode_defaults(config.with_overrides(
+        mode=backend, iptables_variant=iptables_variant,
+        healthz_bind_address=healthz_bind_address, metrics_bind_address=metrics_bind_address))
     # kube-proxy: --v counts like the config's logging.verbosity; 4 and up is debug
     level = max(klog_v or 0, config.verbosity, 4 if verbose > 1 else 0)
     logging.basicConfig(level=logging.DEBUG if level >= 4 else logging.INFO,

@@ -184,6 +184,14 @@ def _flag(section: dict, key: str, path: str, default: bool) -> bool:
     return value
 
 
+def _cidr(text: Any, path: str) -> IPNetwork:
+    """A CIDR, or an error that names the field and shows the value cut short (never echoed whole)."""
+    try:
+        return ipaddress.ip_network(text if isinstance(text, str) else "")
+    except ValueError:
+        raise ConfigError(f"{path}: invalid CIDR {shown(text)}") from None
+
+
 def parse_config(raw: Any) -> ProxyConfig:
     """Decode as kube-proxy does: null, empty and zero fields take kube-proxy's defaults."""
     if raw is None:
@@ -206,10 +214,7 @@ def parse_config(raw: Any) -> ProxyConfig:
     if not isinstance(cluster_cidr, str):
         raise ConfigError(f"clusterCIDR: expected a string, got {shown(cluster_cidr)}")
     for i, text in enumerate(c.strip() for c in cluster_cidr.split(",") if c.strip()):
-        try:
-            cidrs.append(ipaddress.ip_network(text))
-        except ValueError as err:
-            raise ConfigError(f"clusterCIDR[{i}]: {err}") from None
+        cidrs.append(_cidr(text, f"clusterCIDR[{i}]"))
     out["cluster_cidrs"] = tuple(cidrs)
     detect = raw.get("detectLocalMode") or "ClusterCIDR"
     if detect not in DETECT_LOCAL_MODES:
@@ -232,10 +237,7 @@ def parse_config(raw: Any) -> ProxyConfig:
         if not isinstance(value, str):
             raise ConfigError(f"nodePortAddresses[{i}]: expected a CIDR or primary, got {shown(value)}")
         if value != "primary":
-            try:
-                ipaddress.ip_network(value)
-            except ValueError as err:
-                raise ConfigError(f"nodePortAddresses[{i}]: {err}") from None
+            _cidr(value, f"nodePortAddresses[{i}]")
     out["node_port_addresses"] = tuple(npa)
 
     # The mode's own section gives masquerading and sync periods (kube-proxy reads iptables.* in
@@ -276,10 +278,7 @@ def parse_config(raw: Any) -> ProxyConfig:
     if not isinstance(excludes, list):
         raise ConfigError("ipvs.excludeCIDRs: expected a list of CIDRs")
     for i, text in enumerate(excludes):
-        try:
-            excluded.append(ipaddress.ip_network(text if isinstance(text, str) else ""))
-        except ValueError as err:
-            raise ConfigError(f"ipvs.excludeCIDRs[{i}]: {err or 'expected a CIDR'}") from None
+        excluded.append(_cidr(text, f"ipvs.excludeCIDRs[{i}]"))
     out["ipvs_exclude_cidrs"] = tuple(excluded)
 
     ct = _section(raw, "conntrack")
@@ -352,6 +351,14 @@ def parse_config(raw: Any) -> ProxyConfig:
     return ProxyConfig(**out, warnings=tuple(warnings))
 
 
+def with_mode_defaults(config: ProxyConfig) -> ProxyConfig:
+    """kube-proxy's platformApplyDefaults, applied once the mode is final (after --proxy-mode):
+    nftables mode with nodePortAddresses unset takes NodePorts on the primary addresses only."""
+    if config.mode == "nftables" and not config.node_port_addresses:
+        return config.with_overrides(node_port_addresses=("primary",))
+    return config
+
+
 def load_config(path: str | None) -> ProxyConfig:
     if not path:
         return ProxyConfig()
@@ -359,7 +366,7 @@ def load_config(path: str | None) -> ProxyConfig:
         try:
             return parse_config(yaml.safe_load(f))
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())[:200]}") from None
 
 
 def effective_config(config: ProxyConfig, node_name: str = "") -> dict[str, Any]:

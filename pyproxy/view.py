@@ -145,6 +145,12 @@ class NodeView:
         return tuple(ip for ip in self.node_ips if ip.version == family)
 
 
+def source_ranges_admit_node(sp: ServicePortView, node_ips: Iterable[IPAddress]) -> bool:
+    """kube-proxy: when a loadBalancerSourceRange holds a node address, the node's own connections
+    to the load-balancer IP (which arrive with that IP as their source) pass the firewall too."""
+    return any(ip in cidr for cidr in sp.load_balancer_source_ranges for ip in node_ips)
+
+
 def is_proxied(svc: Service, proxy_name: str = "") -> bool:
     """Headless and ExternalName services get no rules. service.kubernetes.io/service-proxy-name
     splits the rest: the default proxy serves only unlabelled services, a proxy with a name

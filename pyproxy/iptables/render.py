@@ -18,7 +18,8 @@ from ..backend import PortMemo
 from ..chainhash import chain_hash, port_proto_hash
 from ..config import ProxyConfig
 from ..rendertext import object_text
-from ..view import LocalTraffic, NodeView, ServicePortView, local_traffic, node_port_ips
+from ..view import (LocalTraffic, NodeView, ServicePortView, local_traffic, node_port_ips,
+                    source_ranges_admit_node)
 
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
@@ -227,11 +228,9 @@ def render_service(sp: ServicePortView, ctx: Context) -> ServiceRules:
     if uses_fw_chain:
         chains.setdefault(fw_chain, [])
         args = _comment(f"{name} loadbalancer IP")
-        allow_from_node = False
         for cidr in sp.load_balancer_source_ranges:
             rule(fw_chain, *args, "-s", str(cidr), "-j", ext_chain)
-            allow_from_node |= any(ip in cidr for ip in ctx.node_ips)
-        if allow_from_node:
+        if source_ranges_admit_node(sp, ctx.node_ips):
             for ip in map(str, sp.load_balancer_ips):
                 rule(fw_chain, *args, "-s", ip, "-j", ext_chain)
         rule(fw_chain, *_comment(f"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"))

@@ -25,7 +25,7 @@ from typing import NamedTuple
 from ..backend import PortMemo
 from ..config import ProxyConfig
 from ..iptables.render import local_match
-from ..view import NodeView, ServicePortView, local_traffic
+from ..view import NodeView, ServicePortView, local_traffic, node_port_ips, source_ranges_admit_node
 
 DUMMY_DEVICE = "kube-ipvs0"
 PERSISTENT = 0x1  # IP_VS_SVC_F_PERSISTENT
@@ -206,11 +206,9 @@ def render_port(sp: ServicePortView, config: ProxyConfig, view: NodeView) -> Por
             out.add("KUBE-LOAD-BALANCER-LOCAL", entry)
         if sp.load_balancer_source_ranges:
             out.add("KUBE-LOAD-BALANCER-FW", entry)
-            allow_node = False
             for cidr in sp.load_balancer_source_ranges:
                 out.add("KUBE-LOAD-BALANCER-SOURCE-CIDR", f"{entry},{cidr}")
-                allow_node = allow_node or any(ip_ in cidr for ip_ in view.node_ips_of(sp.family))
-            if allow_node:
+            if source_ranges_admit_node(sp, view.node_ips_of(sp.family)):
                 out.add("KUBE-LOAD-BALANCER-SOURCE-IP", f"{entry},{ip}")
             else:
                 out.no_node_access.append((ip, proto, sp.port))
@@ -219,8 +217,10 @@ def render_port(sp: ServicePortView, config: ProxyConfig, view: NodeView) -> Por
             out.bind.add(ip)
         external_frontend(ip, sp.port)
     if sp.node_port:
+        chosen = node_port_ips(view, config, sp.family)  # kube-proxy's nodePortAddresses
+        node_port_addresses = node_ips if chosen is None else [str(ip) for ip in chosen]
         if proto == "sctp":
-            for ip in node_ips:
+            for ip in node_port_addresses:
                 out.add("KUBE-NODE-PORT-SCTP-HASH", f"{ip},{proto}:{sp.node_port}")
                 if sp.external_policy_local:
                     out.add("KUBE-NODE-PORT-LOCAL-SCTP-HASH", f"{ip},{proto}:{sp.node_port}")
@@ -228,7 +228,7 @@ def render_port(sp: ServicePortView, config: ProxyConfig, view: NodeView) -> Por
             out.add(f"KUBE-NODE-PORT-{proto.upper()}", str(sp.node_port))
             if sp.external_policy_local:
                 out.add(f"KUBE-NODE-PORT-LOCAL-{proto.upper()}", str(sp.node_port))
-        for ip in node_ips:
+        for ip in node_port_addresses:
             out.servers.append(server(ip, sp.node_port, external))
             external_frontend(ip, sp.node_port)
     if sp.health_check_node_port:

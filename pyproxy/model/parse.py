@@ -232,13 +232,14 @@ def parse_endpoint_slice(raw: dict) -> EndpointSlice | None:
         if any(a.version != version for a in addrs):
             raise r.fail(f"{path}.addresses", f"address family does not match addressType {address_type}")
         cond = r.get(ep, path, "conditions", dict, {})
-        # Unset conditions: ready is assumed true; serving follows ready; terminating false.
+        # Unset conditions as kube-proxy's endpointslicecache reads them: ready and serving true,
+        # terminating false.
         ready = r.get(cond, f"{path}.conditions", "ready", bool, True)
         hints = r.get(ep, path, "hints", dict, {})
         endpoints.append(Endpoint(
             addresses=addrs,
             ready=ready,
-            serving=r.get(cond, f"{path}.conditions", "serving", bool, ready),
+            serving=r.get(cond, f"{path}.conditions", "serving", bool, True),
             terminating=r.get(cond, f"{path}.conditions", "terminating", bool, False),
             node_name=r.name(r.get(ep, path, "nodeName", str, ""), f"{path}.nodeName", names.dns1123_subdomain),
             zone=r.name(r.get(ep, path, "zone", str, ""), f"{path}.zone", names.label_value),

@@ -33,7 +33,8 @@ from ..backend import PortMemo
 from ..chainhash import port_proto_hash
 from ..config import ProxyConfig
 from ..rendertext import object_text
-from ..view import LocalTraffic, NodeView, ServicePortView, local_traffic, node_port_ips
+from ..view import (LocalTraffic, NodeView, ServicePortView, local_traffic, node_port_ips,
+                    source_ranges_admit_node)
 
 TABLE = "kube-proxy"
 
@@ -271,7 +272,7 @@ def render_service(sp: ServicePortView, config: ProxyConfig, view: NodeView, blo
                 rules.append(f"goto {external_policy_chain}")
     if uses_fw_chain:
         allowed = [str(c) for c in sp.load_balancer_source_ranges]
-        if any(node_ip in c for c in sp.load_balancer_source_ranges for node_ip in view.node_ips_of(fam)):
+        if source_ranges_admit_node(sp, view.node_ips_of(fam)):
             allowed += [str(x) for x in sp.load_balancer_ips]
         chains[fw_chain] = [f"{ip} saddr != {{ {', '.join(allowed)} }} drop"]
     for chain, endpoints, uses in ((svc_chain, sp.cluster_endpoints, uses_cluster_chain),

@@ -105,7 +105,28 @@ def test_kube_proxy_command_line_from_the_kubeadm_daemonset(tmp_path):
     assert (effective["hostnameOverride"], effective["mode"], effective["nftables"]["masqueradeBit"]) == \
         ("node-7", "nftables", 14)
     assert effective["healthzBindAddress"] == "0.0.0.0:10256"
+    assert effective["nodePortAddresses"] == ["primary"], "kube-proxy's nftables default, after --proxy-mode"
     version = subprocess.run([PYPROXY, "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("pyproxy ")
     unknown = subprocess.run([PYPROXY, "run", "--masquerade-bitz=3"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "No such option '--masquerade-bitz'" in unknown.stderr
+
+
+def test_node_port_addresses_default_to_primary_only_in_nftables_mode(tmp_path):
+    """kube-proxy's platformApplyDefaults: an unset nodePortAddresses means `primary` in nftables
+    mode (decided once the mode is final, --proxy-mode included), every address otherwise."""
+    manifests = tmp_path / "cluster.yaml"
+    manifests.write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+         "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.11"},
+                                  {"type": "ExternalIP", "address": "192.0.2.1"}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "ns", "name": "web"},
+         "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "ports": [{"port": 80, "nodePort": 30080}]}}]))
+
+    def dumped(mode):
+        out = subprocess.run([PYPROXY, "dump", "-f", str(manifests), "--node", "n1", "--backend", mode],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+    assert "set nodeport-ips { type ipv4_addr; elements = { 172.18.0.11 }; }" in dumped("nftables")
+    assert "-m addrtype --dst-type LOCAL" in dumped("iptables")

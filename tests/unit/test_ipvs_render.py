@@ -99,3 +99,15 @@ def test_ipv6_sets_are_prefixed_and_unchanged_ports_are_reused():
     second = renderer.render(views.build(parse_objects(objects)), 4)
     assert second.ports["ns/a:http/TCP/ipv4"] is first.ports["ns/a:http/TCP/ipv4"], "an unchanged port is not re-rendered"
     assert second.ports["ns/b:http/TCP/ipv4"] is not first.ports["ns/b:http/TCP/ipv4"]
+
+
+def test_node_ports_only_on_the_node_port_addresses():
+    """nodePortAddresses narrows IPVS mode's NodePort virtual servers as it does the other modes'."""
+    node = {**NODE, "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.11"},
+                                             {"type": "ExternalIP", "address": "192.0.2.1"}]}}
+    objects = [node, svc("a", "10.96.0.1", type="NodePort", nodePort=30080), eps("a", ("10.244.1.2", "n1"))]
+    narrowed = parse_config({"mode": "ipvs", "nodePortAddresses": ["192.0.2.0/24"]})
+    frontends = {vs.address() for vs in render(build_view(parse_objects(objects), "n1"), narrowed, 4).servers().values()}
+    assert frontends == {"10.96.0.1:80", "192.0.2.1:30080"}
+    every = render(build_view(parse_objects(objects), "n1"), parse_config({"mode": "ipvs"}), 4)
+    assert {vs.address() for vs in every.servers().values()} == {"10.96.0.1:80", "172.18.0.11:30080", "192.0.2.1:30080"}

@@ -144,3 +144,17 @@ def test_invalid_configuration_names_the_field(raw, message):
 
 def test_durations():
     assert parse_duration("1m30s", "x") == 90 and parse_duration("250ms", "x") == 0.25 and parse_duration(2, "x") == 2
+
+
+def test_unset_endpoint_conditions_read_as_kube_proxy_reads_them():
+    """endpointslicecache: ready and serving nil mean true, terminating nil false; so a
+    terminating endpoint whose serving is unset is still a fallback endpoint."""
+    (eps,) = parse_objects([{
+        "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"namespace": "ns", "name": "a-x", "labels": {"kubernetes.io/service-name": "a"}},
+        "endpoints": [{"addresses": ["10.244.1.5"]},
+                      {"addresses": ["10.244.1.6"], "conditions": {"ready": False, "terminating": True}}],
+        "ports": [{"port": 8080}]}]).slices.values()
+    plain, terminating = eps.endpoints
+    assert (plain.ready, plain.serving, plain.terminating) == (True, True, False)
+    assert (terminating.ready, terminating.serving, terminating.terminating) == (False, True, True)
