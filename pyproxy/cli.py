@@ -421,15 +421,18 @@ def run(ctx, path, kubeconfig, node, config_path, backend, family, cluster_cidr,
     if path:
         from .sources.file import FileSource
 
-        source = FileSource(path)
+        source, events = FileSource(path), None
     else:
+        from .sources.events import EventRecorder
         from .sources.kube import KubeClient, KubeSource
 
         try:
-            source = KubeSource(KubeClient(kubeconfig), name, proxy_name)
+            client = KubeClient(kubeconfig)
         except Exception as err:  # noqa: BLE001 - a missing kubeconfig or service account
             click.echo(f"error: cannot configure the Kubernetes client: {err}", err=True)
             sys.exit(2)
+        source = KubeSource(client, name, proxy_name)
+        events = None if once else EventRecorder(client, name)
     families = (4, 6) if family == "dual" else (int(family),)
     from .ipvs.apply import IpvsUnavailable
 
@@ -443,7 +446,7 @@ def run(ctx, path, kubeconfig, node, config_path, backend, family, cluster_cidr,
     for problem in [set_oom_score_adj(config.oom_score_adj), *apply_conntrack(config)]:
         if problem:
             logging.getLogger("pyproxy").warning("%s; going on without it", problem)
-    daemon = Daemon(source, proxier, config, serve_http=not once)
+    daemon = Daemon(source, proxier, config, serve_http=not once, events=events)
     if config_path and not once:
         from .daemon import exit_when_changed
 

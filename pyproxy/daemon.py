@@ -66,8 +66,10 @@ class TokenBucket:
 
 
 class Daemon:
-    def __init__(self, source: Source, proxier: Proxier, config: ProxyConfig, serve_http: bool = True) -> None:
+    def __init__(self, source: Source, proxier: Proxier, config: ProxyConfig, serve_http: bool = True,
+                 events=None) -> None:
         self.source = source
+        self.events = events  # an EventRecorder when the source is the API, else None
         self.proxier = proxier
         self.config = config
         self.metrics = Metrics()
@@ -84,14 +86,21 @@ class Daemon:
         self._changes_seen = (0, 0)
 
     def start_http(self) -> None:
-        for address, factory in ((self.config.healthz_bind_address,
-                                  lambda a: health_server(a, self.health, self.metrics.count_health)),
-                                 (self.config.metrics_bind_address, lambda a: self.metrics.serve(a, self._status_routes()))):
+        for address, factory, reason in (
+                (self.config.healthz_bind_address, lambda a: health_server(a, self.health, self.metrics.count_health),
+                 "FailedToStartProxierHealthcheck"),
+                (self.config.metrics_bind_address, lambda a: self.metrics.serve(a, self._status_routes()),
+                 "FailedToStartMetricServer")):
             if address:
                 try:
                     self.servers.append(factory(address))
                 except OSError as err:
                     log.error("cannot listen on %s: %s", address, err)
+                    self._event("Warning", reason, f"cannot listen on {address}: {err}")
+
+    def _event(self, type_: str, reason: str, note: str = "") -> None:
+        if self.events is not None:
+            self.events.event(type_, reason, note)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -103,6 +112,7 @@ class Daemon:
         if self.serve_http:
             self.start_http()
         self.source.start()
+        self._event("Normal", "Starting")  # kube-proxy's birth cry, once the sources run
         try:
             return self._loop(once) or self.exit_code
         finally:

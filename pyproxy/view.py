@@ -125,6 +125,13 @@ class ServicePortView:
         return self.has_endpoints and self.externally_accessible
 
     @property
+    def no_endpoint_verdict(self) -> str:
+        """What a frontend without a usable endpoint does: "reject" when the service has none
+        anywhere (the client learns at once), "drop" when only a Local policy's endpoints on
+        this node are missing (kube-proxy: the client may retry through another node)."""
+        return "drop" if self.has_endpoints else "reject"
+
+    @property
     def uses_firewall(self) -> bool:
         """loadBalancerSourceRanges filtering on the load-balancer IPs."""
         return self.has_endpoints and bool(self.load_balancer_ips) and bool(self.load_balancer_source_ranges)

@@ -149,12 +149,8 @@ def render_service(sp: ServicePortView, ctx: Context) -> ServiceRules:
     uses_ext_chain, uses_fw_chain = sp.uses_external_chain, sp.uses_firewall
     lb_chain = fw_chain if uses_fw_chain else ext_chain
 
-    if not has_endpoints:
-        internal_target, internal_comment = "REJECT", f"{name} has no endpoints"
-        external_target, external_comment = "REJECT", internal_comment
-    else:
-        internal_target, internal_comment = "DROP", f"{name} has no local endpoints"
-        external_target, external_comment = "DROP", internal_comment
+    internal_target = external_target = sp.no_endpoint_verdict.upper()
+    internal_comment = external_comment = f"{name} has no {'local ' if has_endpoints else ''}endpoints"
 
     # Frontends: the cluster IP.
     if has_internal:

@@ -29,6 +29,7 @@ from .types import (
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 DEFAULT_AFFINITY_TIMEOUT = 10800
+AUTOSCALER_DELETION_TAINT = "ToBeDeletedByClusterAutoscaler"
 
 
 class ValidationError(ValueError):
@@ -280,8 +281,12 @@ def parse_node(raw: dict) -> Node:
     labels = meta.get("labels") or {}
     if not isinstance(labels, dict):
         raise r.fail("metadata.labels", "expected a map")
+    taints = r.get(spec, "spec", "taints", list, [])
+    # kube-proxy's node eligibility (KEP-3836): a node being deleted, or one the cluster
+    # autoscaler is about to remove, fails /healthz so load balancers drain it first
+    leaving = any(isinstance(t, dict) and t.get("key") == AUTOSCALER_DELETION_TAINT for t in taints)
     return Node(name, tuple(addresses), tuple(pod_cidrs), r.labels(labels),
-                deleting=bool(meta.get("deletionTimestamp")))
+                deleting=bool(meta.get("deletionTimestamp")) or leaving)
 
 
 PARSERS = {"Service": parse_service, "EndpointSlice": parse_endpoint_slice, "Node": parse_node}

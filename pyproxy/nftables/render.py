@@ -226,7 +226,7 @@ def render_service(sp: ServicePortView, config: ProxyConfig, view: NodeView, blo
     external_policy_chain = local_chain if sp.external_policy_local else svc_chain
     has_internal, has_external = sp.has_internal_endpoints, sp.has_external_endpoints
     uses_ext_chain, uses_fw_chain = sp.uses_external_chain, sp.uses_firewall
-    verdict = "goto reject-chain" if not sp.has_endpoints else "drop"
+    verdict = "goto reject-chain" if sp.no_endpoint_verdict == "reject" else "drop"
     local = local_traffic(config, view, fam)
 
     out.element("cluster-ips", cip)

@@ -96,6 +96,17 @@ class KubeClient:
             raise (Forbidden if status == 403 else ApiError)(f"GET {path}: {status or ''} {message}") from None
         return resp[0] if isinstance(resp, tuple) else resp
 
+    def post(self, path: str, body: dict, timeout: float = 10.0) -> None:
+        try:
+            self.api.call_api(path, "POST", body=body, header_params={"Content-Type": "application/json",
+                                                                   "Accept": "application/json"},
+                              auth_settings=["BearerToken"], _preload_content=False,
+                              _request_timeout=(self.connect_timeout, timeout))
+        except Exception as err:  # noqa: BLE001 - as get(): one error type, the API's message
+            status = getattr(err, "status", None)
+            message = _status_message(getattr(err, "body", None)) or getattr(err, "reason", err)
+            raise (Forbidden if status == 403 else ApiError)(f"POST {path}: {status or ''} {message}") from None
+
 
 def _status_message(body: Any) -> str:
     """The message of a Kubernetes Status response body, if it is one."""

@@ -20,36 +20,29 @@ from hypothesis import strategies as st
 from pyproxy.dns.server import DnsServer, Responder
 from pyproxy.dns.zone import build_zone
 from pyproxy.model import parse_objects
+from tests.factories import endpoint, endpoint_slice, service
 
 
-def svc(name, ip="10.96.0.10", ports=(("http", 80, "TCP"),), **spec):
-    return {"kind": "Service", "metadata": {"namespace": "ns", "name": name},
-            "spec": {"clusterIP": ip, "ports": [{"name": n, "port": p, "protocol": pr} for n, p, pr in ports], **spec}}
-
-
-def eps(name, endpoints, ports=(("http", 8080, "TCP"),), family="IPv4"):
-    return {"kind": "EndpointSlice", "addressType": family,
-            "metadata": {"namespace": "ns", "name": f"{name}-x", "labels": {"kubernetes.io/service-name": name}},
-            "endpoints": endpoints, "ports": [{"name": n, "port": p, "protocol": pr} for n, p, pr in ports]}
-
+# this file's objects: one port http/TCP (80 -> 8080)
+SERVICE = {"ports": (("http", 80, "TCP"),)}
+SLICE = {"ports": (("http", 8080, "TCP"),)}
 
 CLUSTER = [
-    svc("web"),
-    svc("db", "None"),
-    eps("db", [{"addresses": ["10.244.1.5"], "hostname": "db-0"}, {"addresses": ["10.244.1.6"], "hostname": "db-1"},
-               {"addresses": ["10.244.1.7"], "conditions": {"ready": False}},
-               {"addresses": ["10.244.1.8"], "conditions": {"ready": False, "serving": True, "terminating": True}}]),
-    svc("plain", "None"),
-    eps("plain", [{"addresses": ["10.244.2.9"]}]),
-    svc("empty", "None"),
-    svc("notready", "None", publishNotReadyAddresses=True),
-    eps("notready", [{"addresses": ["10.244.3.3"], "conditions": {"ready": False}}]),
-    svc("big", "None"),
-    eps("big", [{"addresses": [f"10.245.{i // 200}.{i % 200 + 1}"]} for i in range(200)]),
-    svc("v6", "None"),
-    eps("v6", [{"addresses": ["fd00::5"]}], family="IPv6"),
-    {"kind": "Service", "metadata": {"namespace": "ns", "name": "ext"},
-     "spec": {"type": "ExternalName", "externalName": "example.org"}},
+    service("web", **SERVICE),
+    service("db", "None", **SERVICE),
+    endpoint_slice("db", [endpoint("10.244.1.5", hostname="db-0"), endpoint("10.244.1.6", hostname="db-1"),
+                          endpoint("10.244.1.7", ready=False),
+                          endpoint("10.244.1.8", ready=False, serving=True, terminating=True)], **SLICE),
+    service("plain", "None", **SERVICE),
+    endpoint_slice("plain", ["10.244.2.9"], **SLICE),
+    service("empty", "None", **SERVICE),
+    service("notready", "None", publishNotReadyAddresses=True, **SERVICE),
+    endpoint_slice("notready", [endpoint("10.244.3.3", ready=False)], **SLICE),
+    service("big", "None", **SERVICE),
+    endpoint_slice("big", [f"10.245.{i // 200}.{i % 200 + 1}" for i in range(200)], **SLICE),
+    service("v6", "None", **SERVICE),
+    endpoint_slice("v6", ["fd00::5"], family="IPv6", **SLICE),
+    service("ext", None, ports=(), type="ExternalName", externalName="example.org"),
 ]
 
 
@@ -222,13 +215,15 @@ def test_a_slice_change_is_answered_within_a_second(tmp_path):
     from pyproxy.sources.file import FileSource
 
     path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump_all([svc("db", "None"), eps("db", [{"addresses": ["10.244.1.5"]}])]))
+    path.write_text(yaml.safe_dump_all([service("db", "None", **SERVICE),
+                                        endpoint_slice("db", ["10.244.1.5"], **SLICE)]))
     responder = Responder()
     server = DnsServer(responder, "127.0.0.1", 0).start()
     stop, thread = _follow(FileSource(str(path), poll=0.05), responder)
     try:
         _wait_answer(server.port, "db.ns.svc.cluster.local", ["10.244.1.5"], 3)
-        path.write_text(yaml.safe_dump_all([svc("db", "None"), eps("db", [{"addresses": ["10.244.1.9"]}])]))
+        path.write_text(yaml.safe_dump_all([service("db", "None", **SERVICE),
+                                            endpoint_slice("db", ["10.244.1.9"], **SLICE)]))
         _wait_answer(server.port, "db.ns.svc.cluster.local", ["10.244.1.9"], 1.0)
     finally:
         stop.set()
@@ -242,18 +237,15 @@ def test_served_from_the_kubernetes_api_including_headless_services(tmp_path):
     from tests.apiserver import FakeApiServer
 
     api = FakeApiServer()
-    headless = {**svc("db", "None"), "apiVersion": "v1"}
-    headless["metadata"]["labels"] = {"service.kubernetes.io/headless": ""}
-    api.apply(headless)
-    api.apply({**eps("db", [{"addresses": ["10.244.1.5"], "hostname": "db-0"}]), "apiVersion": "discovery.k8s.io/v1"})
+    api.apply(service("db", "None", labels={"service.kubernetes.io/headless": ""}, api_version=True, **SERVICE))
+    api.apply(endpoint_slice("db", [endpoint("10.244.1.5", hostname="db-0")], api_version=True, **SLICE))
     responder = Responder()
     server = DnsServer(responder, "127.0.0.1", 0).start()
     source = KubeSource(KubeClient(api.kubeconfig(str(tmp_path / "kc"))), "", label_selector="", watch_timeout=5)
     stop, thread = _follow(source, responder)
     try:
         _wait_answer(server.port, "db-0.db.ns.svc.cluster.local", ["10.244.1.5"], 5)
-        api.apply({**eps("db", [{"addresses": ["10.244.1.6"], "hostname": "db-0"}]),
-                   "apiVersion": "discovery.k8s.io/v1"})
+        api.apply(endpoint_slice("db", [endpoint("10.244.1.6", hostname="db-0")], api_version=True, **SLICE))
         _wait_answer(server.port, "db-0.db.ns.svc.cluster.local", ["10.244.1.6"], 1.0)
     finally:
         stop.set()

@@ -11,17 +11,12 @@ import pytest
 from pyproxy.model.parse import parse_object
 from pyproxy.sources.kube import KubeClient, KubeSource, wait_until
 from tests.apiserver import FakeApiServer
+from tests.factories import endpoint_slice, service
 
 
-def svc(name: str, ip: str, **labels: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "ns", "name": name, "labels": labels},
-            "spec": {"clusterIP": ip, "ports": [{"port": 80}]}}
-
-
-def eps(name: str, *ips: str) -> dict:
-    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-            "metadata": {"namespace": "ns", "name": f"{name}-x", "labels": {"kubernetes.io/service-name": name}},
-            "endpoints": [{"addresses": [ip]} for ip in ips], "ports": [{"port": 8080}]}
+# this file's objects: one unnamed port (80 -> 8080), apiVersion and (Services) labels written
+SERVICE = {"ports": (80,), "labels": {}, "api_version": True}
+SLICE = {"ports": (8080,), "api_version": True}
 
 
 @pytest.fixture
@@ -55,18 +50,19 @@ def converge(api, source, timeout=8.0) -> None:
 
 def populate(api, n=5):
     for i in range(n):
-        api.apply(svc(f"s{i}", f"10.96.0.{i + 1}"))
-        api.apply(eps(f"s{i}", f"10.244.0.{i + 1}"))
+        api.apply(service(f"s{i}", f"10.96.0.{i + 1}", **SERVICE))
+        api.apply(endpoint_slice(f"s{i}", [f"10.244.0.{i + 1}"], **SLICE))
 
 
 def test_paginated_list_then_watch(api, source):
     populate(api)
-    api.apply(svc("claimed", "10.96.1.1", **{"service.kubernetes.io/service-proxy-name": "other"}))
+    api.apply(service("claimed", "10.96.1.1", ports=(80,), labels={"service.kubernetes.io/service-proxy-name": "other"},
+                      api_version=True))
     source.start()
     converge(api, source)
     assert source.synced()
     assert any("continue=" in r for r in api.requests), "the LIST was paginated"
-    api.apply(svc("late", "10.96.0.50"))
+    api.apply(service("late", "10.96.0.50", **SERVICE))
     api.delete("Service", "ns", "s0")
     converge(api, source)
 
@@ -77,7 +73,7 @@ def test_dropped_connections(api, source):
     converge(api, source)
     api.faults.drop_watch_after = 1
     for i in range(6):
-        api.apply(eps(f"s{i % 5}", f"10.244.1.{i + 1}", "10.244.2.1"))
+        api.apply(endpoint_slice(f"s{i % 5}", [f"10.244.1.{i + 1}", "10.244.2.1"], **SLICE))
     time.sleep(0.5)
     api.faults.drop_watch_after = None
     converge(api, source)
@@ -89,7 +85,7 @@ def test_stalled_stream_is_noticed_by_the_read_timeout(api, source):
     converge(api, source)
     api.faults.stall_watches = True
     time.sleep(2.5)  # the running watches end (timeoutSeconds=2) and the new ones stall
-    api.apply(svc("during-stall", "10.96.0.60"))
+    api.apply(service("during-stall", "10.96.0.60", **SERVICE))
     api.faults.stall_watches = False
     start = time.monotonic()
     converge(api, source, timeout=10)
@@ -102,9 +98,9 @@ def test_gone_relists_and_emits_only_the_differences(api, source):
     converge(api, source)
     relists = [r.relists for r in source.reflectors]
     api.stop()
-    api.apply(svc("s0", "10.96.0.99"))  # changed
+    api.apply(service("s0", "10.96.0.99", **SERVICE))  # changed
     api.delete("Service", "ns", "s1")  # deleted
-    api.apply(svc("new", "10.96.0.77"))  # added
+    api.apply(service("new", "10.96.0.77", **SERVICE))  # added
     api.compact()  # the history is gone: watching from the old version must fail with 410
     version = source.store.version
     api.start()
@@ -118,7 +114,7 @@ def test_watch_error_410_relists(api, source):
     source.start()
     converge(api, source)
     api.faults.gone_once = True
-    api.apply(svc("after-410", "10.96.0.70"))
+    api.apply(service("after-410", "10.96.0.70", **SERVICE))
     converge(api, source)
 
 
@@ -135,19 +131,19 @@ def test_slow_list_with_changes_meanwhile(api, source):
     api.faults.list_delay = 1.0
     source.start()
     time.sleep(0.3)
-    api.apply(svc("during-list", "10.96.0.80"))
+    api.apply(service("during-list", "10.96.0.80", **SERVICE))
     api.delete("Service", "ns", "s2")
     converge(api, source)
 
 
 def test_invalid_objects_are_logged_once_and_skipped(api, source, caplog):
     populate(api, 2)
-    bad = svc("bad", "10.96.0.300")
+    bad = service("bad", "10.96.0.300", **SERVICE)
     api.apply(bad)
     source.start()
     wait_until(lambda: "ns/s1" in source.store.cluster.services, 5)
     api.faults.drop_watch_after = 1  # reconnects and re-reads must not repeat the warning
-    api.apply(svc("s0", "10.96.0.11"))
+    api.apply(service("s0", "10.96.0.11", **SERVICE))
     time.sleep(1)
     api.faults.drop_watch_after = None
     assert "ns/bad" not in source.store.cluster.services

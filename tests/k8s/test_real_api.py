@@ -223,3 +223,33 @@ def test_a_cluster_role_without_watch_gives_a_clear_error(lab):
     line = next(l for l in log.splitlines() if "cannot watch" in l)
     assert "forbidden" in line and "ERROR" in line, line
     assert "Traceback" not in log
+
+
+def test_events_on_the_node_as_kube_proxy_records_them(lab):
+    """`Starting` from every pyproxy through events.k8s.io (the ClusterRole daemonset.yaml grants),
+    seen by kubectl as kube-proxy's are; FailedToStartProxierHealthcheck when the healthz port is
+    taken (the proxy goes on without it)."""
+    import socket
+
+    from pyproxy import netns
+
+    def node_events(reason: str, node: str) -> list[dict]:
+        return [e for e in lab.cp.api.list("Event", "default")
+                if e.get("reason") == reason and e.get("involvedObject", {}).get("name") == node]
+    eventually(lambda: node_events("Starting", "n2"), 10)
+    (starting,) = node_events("Starting", "n2")
+    assert (starting["involvedObject"]["kind"], starting["type"], starting["reportingComponent"],
+            starting["action"]) == ("Node", "Normal", "kube-proxy", "StartKubeProxy")
+    ns = lab.add_shadow("busyport")
+    with netns.entered(ns):
+        taken = socket.socket()
+    with taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("0.0.0.0", 10256))
+        taken.listen()
+        kube, config = lab.kube_credentials
+        start_pyproxy(lab, "n1", kube, config, netns_name=ns)
+        eventually(lambda: node_events("FailedToStartProxierHealthcheck", "n1"), 15)
+    (failed,) = node_events("FailedToStartProxierHealthcheck", "n1")
+    assert failed["type"] == "Warning" and "0.0.0.0:10256" in failed["message"]
+    eventually(lambda: "synced ipv4" in proxy_log(lab, "pyproxy-n1@" + ns), 15)  # it runs on without healthz

@@ -157,6 +157,22 @@ def test_health_metrics_and_health_check_node_port(env):
     api.delete("Service", "default", "local")
 
 
+def test_a_node_the_autoscaler_is_removing_fails_healthz_but_stays_alive(env):
+    """kube-proxy's node eligibility: the ToBeDeletedByClusterAutoscaler taint (or a deletion in
+    progress) turns /healthz to 503 so load balancers drain the node; /livez stays 200."""
+    lab, api = env.lab, env.api
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+            "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1764670000", "effect": "NoSchedule"}]},
+            "status": {"addresses": [{"type": "InternalIP", "address": str(lab.spec.nodes[0].ip)}]}}
+    api.apply(node)
+    eventually(lambda: env.http(10256, "/healthz")[0] == 503, 3)
+    assert env.http(10256, "/healthz")[2]["nodeEligible"] is False
+    assert env.http(10256, "/livez")[0] == 200
+    api.apply({**node, "spec": {}})
+    eventually(lambda: env.http(10256, "/healthz")[0] == 200, 3)
+    api.delete("Node", "", "n1")
+
+
 def test_an_invalid_service_is_logged_once_and_skipped(env):
     lab, api = env.lab, env.api
     good, bad = service("good", "10.96.0.30"), service("bad", "10.96.0.31", ports=[{"port": 99999}])

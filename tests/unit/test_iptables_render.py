@@ -9,6 +9,7 @@ from pyproxy.config import parse_config
 from pyproxy.iptables.render import render
 from pyproxy.model import parse_objects
 from pyproxy.view import build_view
+from tests.factories import endpoint, endpoint_slice, node, service
 
 from .iptables_text import parse_tables, undefined_jumps
 
@@ -34,16 +35,9 @@ def test_matches_kube_proxys_own_expected_rules():
     assert parse_tables(ruleset.restore_text()) == expected
 
 
-def svc(name, ports=(("p80", 80, "TCP", 0),), cluster_ip="10.96.0.10", **spec):
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "ns", "name": name},
-            "spec": {"clusterIP": cluster_ip, "ports": [{"name": n, "port": p, "protocol": pr, **({"nodePort": np} if np else {})}
-                                                       for n, p, pr, np in ports], **spec}}
-
-
-def eps(service, endpoints, ports=(("p80", 8080, "TCP"),), family="IPv4"):
-    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": family,
-            "metadata": {"namespace": "ns", "name": service + "-x", "labels": {"kubernetes.io/service-name": service}},
-            "endpoints": endpoints, "ports": [{"name": n, "port": p, "protocol": pr} for n, p, pr in ports]}
+# this file's objects: one port p80/TCP (80 -> 8080), apiVersion written
+SERVICE = {"ports": (("p80", 80, "TCP"),), "api_version": True}
+SLICE = {"ports": (("p80", 8080, "TCP"),), "api_version": True}
 
 
 def rules_for(objs, node="node-a", config=None, family=4):
@@ -61,40 +55,41 @@ def all_rules(tables):
 
 CASES = [
     ("three endpoints balance 1/3, 1/2, rest",
-     [svc("web"), eps("web", [{"addresses": [f"10.244.1.{i}"]} for i in (2, 3, 4)])],
+     [service("web", **SERVICE), endpoint_slice("web", [f"10.244.1.{i}" for i in (2, 3, 4)], **SLICE)],
      ["--probability 0.3333333333", "--probability 0.5000000000"], ["has no endpoints"]),
     ("no endpoints: REJECT in filter, no nat chain",
-     [svc("empty")], ['"ns/empty:p80 has no endpoints" -m tcp -p tcp -d 10.96.0.10 --dport 80 -j REJECT'], ["KUBE-SVC-"]),
+     [service("empty", **SERVICE)],
+     ['"ns/empty:p80 has no endpoints" -m tcp -p tcp -d 10.96.0.10 --dport 80 -j REJECT'], ["KUBE-SVC-"]),
     ("not-ready endpoints do not count",
-     [svc("web"), eps("web", [{"addresses": ["10.244.1.2"], "conditions": {"ready": False}}])],
+     [service("web", **SERVICE), endpoint_slice("web", [endpoint("10.244.1.2", ready=False)], **SLICE)],
      ["has no endpoints"], ["-j DNAT"]),
     ("terminating endpoints are used only when no ready one remains",
-     [svc("web"), eps("web", [{"addresses": ["10.244.1.2"], "conditions": {"ready": False, "serving": True, "terminating": True}}])],
+     [service("web", **SERVICE),
+      endpoint_slice("web", [endpoint("10.244.1.2", ready=False, serving=True, terminating=True)], **SLICE)],
      ["--to-destination 10.244.1.2:8080"], ["has no endpoints"]),
     ("udp and sctp",
-     [svc("dns", ports=(("dns", 53, "UDP", 0), ("s", 9, "SCTP", 0))),
-      eps("dns", [{"addresses": ["10.244.1.2"]}], ports=(("dns", 5353, "UDP"), ("s", 9, "SCTP")))],
+     [service("dns", ports=(("dns", 53, "UDP"), ("s", 9, "SCTP")), api_version=True),
+      endpoint_slice("dns", ["10.244.1.2"], ports=(("dns", 5353, "UDP"), ("s", 9, "SCTP")), api_version=True)],
      ["-m udp -p udp -d 10.96.0.10 --dport 53", "-m sctp -p sctp -d 10.96.0.10 --dport 9",
       "-m udp -p udp -j DNAT --to-destination 10.244.1.2:5353"], []),
     ("internalTrafficPolicy Local without local endpoints drops cluster IP traffic",
-     [svc("itp", internalTrafficPolicy="Local"), eps("itp", [{"addresses": ["10.244.2.2"], "nodeName": "node-b"}])],
+     [service("itp", internalTrafficPolicy="Local", **SERVICE),
+      endpoint_slice("itp", [("10.244.2.2", "node-b")], **SLICE)],
      ['"ns/itp:p80 has no local endpoints" -m tcp -p tcp -d 10.96.0.10 --dport 80 -j DROP'], ["-j DNAT"]),
     ("internalTrafficPolicy Local uses the local endpoint only",
-     [svc("itp", internalTrafficPolicy="Local"),
-      eps("itp", [{"addresses": ["10.244.2.2"], "nodeName": "node-b"}, {"addresses": ["10.244.1.2"], "nodeName": "node-a"}])],
+     [service("itp", internalTrafficPolicy="Local", **SERVICE),
+      endpoint_slice("itp", [("10.244.2.2", "node-b"), ("10.244.1.2", "node-a")], **SLICE)],
      ["-j KUBE-SVL-", "--to-destination 10.244.1.2:8080"], ["10.244.2.2:8080"]),
     ("service-proxy-name label: left to the other proxy",
-     [{**svc("other"), "metadata": {"namespace": "ns", "name": "other",
-                                     "labels": {"service.kubernetes.io/service-proxy-name": "someone-else"}}},
-      eps("other", [{"addresses": ["10.244.1.2"]}])], [], ["ns/other"]),
+     [service("other", labels={"service.kubernetes.io/service-proxy-name": "someone-else"}, **SERVICE),
+      endpoint_slice("other", ["10.244.1.2"], **SLICE)], [], ["ns/other"]),
     ("headless: no rules",
-     [svc("hl", cluster_ip="None"), eps("hl", [{"addresses": ["10.244.1.2"]}])], [], ["ns/hl"]),
+     [service("hl", cluster_ip="None", **SERVICE), endpoint_slice("hl", ["10.244.1.2"], **SLICE)], [], ["ns/hl"]),
     ("topology hints: only this zone's endpoints",
-     [{**svc("topo"), "metadata": {"namespace": "ns", "name": "topo",
-                                    "annotations": {"service.kubernetes.io/topology-mode": "Auto"}}},
-      eps("topo", [{"addresses": ["10.244.1.2"], "hints": {"forZones": [{"name": "zone-a"}]}},
-                   {"addresses": ["10.244.2.2"], "hints": {"forZones": [{"name": "zone-b"}]}}]),
-      {"kind": "Node", "metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-a"}}}],
+     [service("topo", annotations={"service.kubernetes.io/topology-mode": "Auto"}, **SERVICE),
+      endpoint_slice("topo", [endpoint("10.244.1.2", zones=["zone-a"]), endpoint("10.244.2.2", zones=["zone-b"])],
+                     **SLICE),
+      node("node-a", zone="zone-a")],
      ["--to-destination 10.244.1.2:8080"], ["10.244.2.2:8080"]),
 ]
 
@@ -109,9 +104,9 @@ def test_render_table(case, objs, present, absent):
 
 
 def test_etp_local_without_local_endpoints_drops_external_but_keeps_short_circuits():
-    tables = rules_for([svc("lb", ports=(("p80", 80, "TCP", 30080),), type="NodePort", externalTrafficPolicy="Local",
-                            externalIPs=["172.18.100.5"]),
-                        eps("lb", [{"addresses": ["10.244.2.2"], "nodeName": "node-b"}])])
+    tables = rules_for([service("lb", node_port=30080, type="NodePort", externalTrafficPolicy="Local",
+                                externalIPs=["172.18.100.5"], **SERVICE),
+                        endpoint_slice("lb", [("10.244.2.2", "node-b")], **SLICE)])
     ext = [c for c in tables["nat"] if c.startswith("KUBE-EXT-")][0]
     assert [r.split(" -j ")[-1] for r in tables["nat"][ext]][:3] == [
         tables["nat"][ext][0].split(" -j ")[-1], "KUBE-MARK-MASQ", tables["nat"][ext][0].split(" -j ")[-1]]
@@ -123,14 +118,15 @@ def test_etp_local_without_local_endpoints_drops_external_but_keeps_short_circui
 
 def test_masquerade_bit_and_masquerade_all():
     config = parse_config({"clusterCIDR": "10.244.0.0/16", "iptables": {"masqueradeBit": 5, "masqueradeAll": True}})
-    tables = rules_for([svc("web"), eps("web", [{"addresses": ["10.244.1.2"]}])], config=config)
+    tables = rules_for([service("web", **SERVICE), endpoint_slice("web", ["10.244.1.2"], **SLICE)], config=config)
     assert tables["nat"]["KUBE-MARK-MASQ"] == ["-A KUBE-MARK-MASQ -j MARK --or-mark 0x20"]
     svc_chain = [c for c in tables["nat"] if c.startswith("KUBE-SVC-")][0]
     assert tables["nat"][svc_chain][0].endswith("--dport 80 -j KUBE-MARK-MASQ"), "masqueradeAll: no source test"
 
 
 def test_ipv6_uses_the_same_code_path():
-    objs = [svc("v6", cluster_ip="fd00:96::10"), eps("v6", [{"addresses": ["fd00:244::2"]}], family="IPv6")]
+    objs = [service("v6", cluster_ip="fd00:96::10", **SERVICE),
+            endpoint_slice("v6", ["fd00:244::2"], family="IPv6", **SLICE)]
     tables = rules_for(objs, config=parse_config({"clusterCIDR": "fd00:244::/64"}), family=6)
     text = "\n".join(all_rules(tables))
     assert "-d fd00:96::10 --dport 80" in text and "--to-destination [fd00:244::2]:8080" in text
@@ -142,25 +138,25 @@ def test_ipv6_uses_the_same_code_path():
 
 def test_node_port_addresses_limit_the_node_port_tail_call():
     config = parse_config({"clusterCIDR": "10.244.0.0/16", "nodePortAddresses": ["172.18.0.0/24"]})
-    objs = [svc("np", ports=(("p80", 80, "TCP", 30080),), type="NodePort"), eps("np", [{"addresses": ["10.244.1.2"]}]),
-            {"kind": "Node", "metadata": {"name": "node-a"},
-             "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.11"},
-                                      {"type": "InternalIP", "address": "192.0.2.1"}]}}]
+    objs = [service("np", node_port=30080, type="NodePort", **SERVICE), endpoint_slice("np", ["10.244.1.2"], **SLICE),
+            node("node-a", "172.18.0.11", "192.0.2.1")]
     services = rules_for(objs, config=config)["nat"]["KUBE-SERVICES"]
     assert services[-1].endswith("-d 172.18.0.11 -j KUBE-NODEPORTS")
     assert "192.0.2.1" not in "\n".join(services)
 
 
 def test_large_clusters_drop_per_endpoint_comments():
-    objs = [svc("big"), eps("big", [{"addresses": [f"10.244.{i // 250}.{i % 250 + 1}"]} for i in range(1001)])]
+    objs = [service("big", **SERVICE),
+            endpoint_slice("big", [f"10.244.{i // 250}.{i % 250 + 1}" for i in range(1001)], **SLICE)]
     nat = rules_for(objs)["nat"]
     sep = [c for c in nat if c.startswith("KUBE-SEP-")][0]
     assert "--comment" not in nat[sep][0]
 
 
 def test_session_affinity_rules():
-    objs = [svc("sticky", sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 30}}),
-            eps("sticky", [{"addresses": ["10.244.1.2"]}, {"addresses": ["10.244.1.3"]}])]
+    objs = [service("sticky", sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 30}},
+                    **SERVICE),
+            endpoint_slice("sticky", ["10.244.1.2", "10.244.1.3"], **SLICE)]
     text = "\n".join(all_rules(rules_for(objs)))
     assert text.count("--rcheck --seconds 30 --reap") == 2
     assert text.count("--set -m tcp -p tcp -j DNAT") == 2
@@ -169,9 +165,9 @@ def test_session_affinity_rules():
 def test_both_policies_local_still_short_circuit_pods_to_cluster_endpoints():
     """kube-proxy's UsesClusterEndpoints: an externally reachable service needs its cluster chain
     even when both policies are Local, for the pod short-circuit to jump to."""
-    tables = rules_for([svc("both", ports=(("p80", 80, "TCP", 30085),), type="NodePort", externalTrafficPolicy="Local",
-                            internalTrafficPolicy="Local"),
-                        eps("both", [{"addresses": ["10.244.2.2"], "nodeName": "node-b"}])])
+    tables = rules_for([service("both", node_port=30085, type="NodePort", externalTrafficPolicy="Local",
+                                internalTrafficPolicy="Local", **SERVICE),
+                        endpoint_slice("both", [("10.244.2.2", "node-b")], **SLICE)])
     ext = [c for c in tables["nat"] if c.startswith("KUBE-EXT-")][0]
     short_circuit = tables["nat"][ext][0]
     assert "-s 10.244.0.0/16" in short_circuit

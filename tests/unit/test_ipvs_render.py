@@ -6,22 +6,9 @@ from pyproxy.config import ProxyConfig, parse_config
 from pyproxy.ipvs.render import render, set_name
 from pyproxy.model import parse_objects
 from pyproxy.view import build_view
+from tests.factories import endpoint_slice, node, service
 
-NODE = {"kind": "Node", "metadata": {"name": "n1"},
-        "spec": {"podCIDR": "10.244.1.0/24"}, "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.11"}]}}
-
-
-def svc(name, ip, **spec):
-    port = {"name": "http", "port": 80, **({"nodePort": spec.pop("nodePort")} if "nodePort" in spec else {})}
-    return {"kind": "Service", "metadata": {"namespace": "ns", "name": name},
-            "spec": {"clusterIP": ip, "ports": [port], **spec}}
-
-
-def eps(name, *endpoints):
-    return {"kind": "EndpointSlice", "addressType": "IPv4",
-            "metadata": {"namespace": "ns", "name": f"{name}-x", "labels": {"kubernetes.io/service-name": name}},
-            "endpoints": [{"addresses": [ip], "nodeName": node} for ip, node in endpoints],
-            "ports": [{"name": "http", "port": 8080}]}
+NODE = node("n1", "172.18.0.11", pod_cidr="10.244.1.0/24")
 
 
 def ruleset(*objects, config=None):
@@ -34,9 +21,9 @@ def save_lines(rs):
 
 
 def test_a_virtual_server_per_frontend_with_nat_real_servers():
-    rs = ruleset(svc("a", "10.96.0.1", type="LoadBalancer", nodePort=30080, externalIPs=["192.0.2.7"],
-                     sessionAffinity="ClientIP"),
-                 eps("a", ("10.244.1.2", "n1"), ("10.244.2.2", "n2")))
+    rs = ruleset(service("a", "10.96.0.1", node_port=30080, type="LoadBalancer", externalIPs=["192.0.2.7"],
+                         sessionAffinity="ClientIP"),
+                 endpoint_slice("a", [("10.244.1.2", "n1"), ("10.244.2.2", "n2")]))
     lines = save_lines(rs)
     assert "-A -t 10.96.0.1:80 -s rr -p 10800" in lines, "ClientIP affinity is IPVS persistence, default 3h"
     for frontend in ("10.96.0.1:80", "192.0.2.7:80", "172.18.0.11:30080"):
@@ -51,14 +38,14 @@ def test_a_virtual_server_per_frontend_with_nat_real_servers():
 
 def test_scheduler_comes_from_the_config():
     config = parse_config({"mode": "ipvs", "ipvs": {"scheduler": "lc"}})
-    rs = ruleset(svc("a", "10.96.0.1"), eps("a", ("10.244.1.2", "n1")), config=config)
+    rs = ruleset(service("a", "10.96.0.1"), endpoint_slice("a", [("10.244.1.2", "n1")]), config=config)
     assert save_lines(rs)[0] == "-A -t 10.96.0.1:80 -s lc"
 
 
 def test_no_endpoints_are_rejected_and_local_policy_without_local_endpoints_drops_outside_traffic():
-    rs = ruleset(svc("empty", "10.96.0.1"),
-                 svc("local", "10.96.0.2", type="NodePort", nodePort=30081, externalTrafficPolicy="Local"),
-                 eps("local", ("10.244.2.2", "n2")))
+    rs = ruleset(service("empty", "10.96.0.1"),
+                 service("local", "10.96.0.2", node_port=30081, type="NodePort", externalTrafficPolicy="Local"),
+                 endpoint_slice("local", [("10.244.2.2", "n2")]))
     sets = rs.sets()
     assert sets["KUBE-NO-ENDPOINTS"] == {"10.96.0.1,tcp:80"}
     assert sets["KUBE-NO-LOCAL-ENDPOINTS"] == {"172.18.0.11,tcp:30081"}
@@ -72,7 +59,8 @@ def test_no_endpoints_are_rejected_and_local_policy_without_local_endpoints_drop
 
 
 def test_kube_proxy_iptables_rules_in_its_order():
-    rs = ruleset(svc("a", "10.96.0.1", type="NodePort", nodePort=30080), eps("a", ("10.244.1.2", "n1")))
+    rs = ruleset(service("a", "10.96.0.1", node_port=30080, type="NodePort"),
+                 endpoint_slice("a", [("10.244.1.2", "n1")]))
     nat = [r for r in rs.nat if r.startswith("-A ")]
     assert nat[0] == "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN"
     assert nat.index('-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip for '
@@ -92,10 +80,10 @@ def test_ipv6_sets_are_prefixed_and_unchanged_ports_are_reused():
 
     config = ProxyConfig(mode="ipvs")
     renderer, views = IpvsRenderer(config), ViewBuilder("n1")
-    objects = [NODE, svc("a", "10.96.0.1"), eps("a", ("10.244.1.2", "n1")), svc("b", "10.96.0.2"),
-               eps("b", ("10.244.1.3", "n1"))]
+    objects = [NODE, service("a", "10.96.0.1"), endpoint_slice("a", [("10.244.1.2", "n1")]), service("b", "10.96.0.2"),
+               endpoint_slice("b", [("10.244.1.3", "n1")])]
     first = renderer.render(views.build(parse_objects(objects)), 4)
-    objects[-1] = eps("b", ("10.244.1.4", "n1"))
+    objects[-1] = endpoint_slice("b", [("10.244.1.4", "n1")])
     second = renderer.render(views.build(parse_objects(objects)), 4)
     assert second.ports["ns/a:http/TCP/ipv4"] is first.ports["ns/a:http/TCP/ipv4"], "an unchanged port is not re-rendered"
     assert second.ports["ns/b:http/TCP/ipv4"] is not first.ports["ns/b:http/TCP/ipv4"]
@@ -103,9 +91,9 @@ def test_ipv6_sets_are_prefixed_and_unchanged_ports_are_reused():
 
 def test_node_ports_only_on_the_node_port_addresses():
     """nodePortAddresses narrows IPVS mode's NodePort virtual servers as it does the other modes'."""
-    node = {**NODE, "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.11"},
-                                             {"type": "ExternalIP", "address": "192.0.2.1"}]}}
-    objects = [node, svc("a", "10.96.0.1", type="NodePort", nodePort=30080), eps("a", ("10.244.1.2", "n1"))]
+    objects = [node("n1", "172.18.0.11", external_ips=["192.0.2.1"], pod_cidr="10.244.1.0/24"),
+               service("a", "10.96.0.1", node_port=30080, type="NodePort"),
+               endpoint_slice("a", [("10.244.1.2", "n1")])]
     narrowed = parse_config({"mode": "ipvs", "nodePortAddresses": ["192.0.2.0/24"]})
     frontends = {vs.address() for vs in render(build_view(parse_objects(objects), "n1"), narrowed, 4).servers().values()}
     assert frontends == {"10.96.0.1:80", "192.0.2.1:30080"}

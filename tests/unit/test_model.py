@@ -158,3 +158,11 @@ def test_unset_endpoint_conditions_read_as_kube_proxy_reads_them():
     plain, terminating = eps.endpoints
     assert (plain.ready, plain.serving, plain.terminating) == (True, True, False)
     assert (terminating.ready, terminating.serving, terminating.terminating) == (False, True, True)
+
+
+def test_a_node_is_leaving_when_deleted_or_tainted_by_the_autoscaler():
+    def parsed(**node):
+        return next(iter(parse_objects([{"kind": "Node", **node}]).nodes.values()))
+    assert not parsed(metadata={"name": "n1"}, spec={"taints": [{"key": "node.kubernetes.io/unschedulable"}]}).deleting
+    assert parsed(metadata={"name": "n1"}, spec={"taints": [{"key": "ToBeDeletedByClusterAutoscaler"}]}).deleting
+    assert parsed(metadata={"name": "n1", "deletionTimestamp": "2026-12-02T10:00:00Z"}).deleting

@@ -8,17 +8,7 @@ from pyproxy.model import parse_objects
 from pyproxy.nftables.apply import NftablesBackend
 from pyproxy.nftables.render import SHARD_OWNERS, NftRenderer, element_lines
 from pyproxy.view import build_view
-
-
-def svc(name, ip, **spec):
-    return {"kind": "Service", "metadata": {"namespace": "ns", "name": name},
-            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}], **spec}}
-
-
-def eps(name, *ips):
-    return {"kind": "EndpointSlice", "addressType": "IPv4",
-            "metadata": {"namespace": "ns", "name": f"{name}-x", "labels": {"kubernetes.io/service-name": name}},
-            "endpoints": [{"addresses": [ip]} for ip in ips], "ports": [{"name": "http", "port": 8080}]}
+from tests.factories import endpoint_slice, node, service
 
 
 class Recorder(NftablesBackend):
@@ -43,9 +33,8 @@ def sync(backend, renderer, objs, full=False):
 
 def test_one_map_element_per_endpoint_and_one_dnat_rule_per_service():
     renderer = NftRenderer(ProxyConfig(mode="nftables"))
-    script = renderer.render(build_view(parse_objects([svc("a", "10.96.0.1"), eps("a", *[f"10.244.1.{i}" for i in
-                                                                                          range(2, 12)])]), "n1"),
-                             4).script()
+    objs = [service("a", "10.96.0.1"), endpoint_slice("a", [f"10.244.1.{i}" for i in range(2, 12)])]
+    script = renderer.render(build_view(parse_objects(objs), "n1"), 4).script()
     assert script.count("dnat ip to numgen random mod 10 offset 0 map @endpoints-tcp-0") == 1
     assert "chain endpoint-" not in script, "no chain per endpoint"
     elements = script.split("add element ip kube-proxy endpoints-tcp-0 { ", 1)[1].split(" }", 1)[0]
@@ -59,7 +48,7 @@ def test_endpoint_maps_are_sharded_so_few_rules_use_each():
     renderer, backend = NftRenderer(ProxyConfig(mode="nftables")), Recorder()
     objs = []
     for i in range(SHARD_OWNERS + 1):
-        objs += [svc(f"s{i}", f"10.96.1.{i}"), eps(f"s{i}", f"10.244.2.{i}")]
+        objs += [service(f"s{i}", f"10.96.1.{i}"), endpoint_slice(f"s{i}", [f"10.244.2.{i}"])]
     script = sync(backend, renderer, objs[:-2], full=True)
     users = [line.rsplit("@", 1)[1] for line in script.splitlines() if "dnat ip to numgen" in line]
     assert users.count("endpoints-tcp-0") == SHARD_OWNERS and len(users) == SHARD_OWNERS
@@ -69,7 +58,8 @@ def test_endpoint_maps_are_sharded_so_few_rules_use_each():
     # a removed service frees its block for the next one, in the same shard
     objs[0:2] = []
     sync(backend, renderer, objs)
-    objs += [svc("late", "10.96.3.1"), eps("late", "10.244.3.1"), svc("later", "10.96.3.2"), eps("later", "10.244.3.2")]
+    objs += [service("late", "10.96.3.1"), endpoint_slice("late", ["10.244.3.1"]),
+             service("later", "10.96.3.2"), endpoint_slice("later", ["10.244.3.2"])]
     reused = sync(backend, renderer, objs)
     assert "add map" not in reused and "10.244.3.1 . 8080" in reused and "10.244.3.2 . 8080" in reused
     assert "endpoints-tcp-0 { 0 : 10.244.3." in reused, "the freed block in shard 0 is used again"
@@ -77,13 +67,14 @@ def test_endpoint_maps_are_sharded_so_few_rules_use_each():
 
 def test_partial_sync_changes_only_elements_and_keeps_shared_ones():
     renderer, backend = NftRenderer(ProxyConfig(mode="nftables")), Recorder()
-    both = [svc("a", "10.96.0.1"), eps("a", "10.244.1.2"), svc("b", "10.96.0.2"), eps("b", "10.244.1.2")]
+    both = [service("a", "10.96.0.1"), endpoint_slice("a", ["10.244.1.2"]),
+            service("b", "10.96.0.2"), endpoint_slice("b", ["10.244.1.2"])]
     assert "add table ip kube-proxy" in sync(backend, renderer, both, full=True)
-    script = sync(backend, renderer, [svc("b", "10.96.0.2"), eps("b", "10.244.1.2")])
+    script = sync(backend, renderer, [service("b", "10.96.0.2"), endpoint_slice("b", ["10.244.1.2"])])
     assert "delete element ip kube-proxy service-ips { 10.96.0.1 . tcp . 80 }" in script
     assert "hairpin" not in script, "the pod is still an endpoint of b: its hairpin pair stays"
     assert "delete chain ip kube-proxy service-" in script and "table" not in script.split("\n")[0]
-    moved = sync(backend, renderer, [svc("b", "10.96.0.2"), eps("b", "10.244.1.3")])
+    moved = sync(backend, renderer, [service("b", "10.96.0.2"), endpoint_slice("b", ["10.244.1.3"])])
     assert "add chain" not in moved, "an endpoint that moved is a map element, not a new chain"
     assert "add element ip kube-proxy endpoints-tcp-0 { 4 : 10.244.1.3 . 8080 }" in moved or \
            "endpoints-tcp-0 {" in moved and "10.244.1.3 . 8080" in moved
@@ -93,18 +84,14 @@ def test_partial_sync_changes_only_elements_and_keeps_shared_ones():
 def test_node_port_addresses_fill_the_nodeport_ips_set_and_a_change_reloads_the_table():
     from pyproxy.config import parse_config
 
-    def node(*ips):
-        return {"kind": "Node", "metadata": {"name": "n1"},
-                "status": {"addresses": [{"type": "InternalIP", "address": ip} for ip in ips]}}
-
     config = parse_config({"mode": "nftables", "nodePortAddresses": ["172.18.0.0/24"]})
     renderer, backend = NftRenderer(config), Recorder()
-    objs = [svc("np", "10.96.0.1", type="NodePort"), eps("np", "10.244.1.2")]
-    backend.sync(renderer.render(build_view(parse_objects([*objs, node("172.18.0.11", "192.0.2.1")]), "n1"), 4), True)
+    objs = [service("np", "10.96.0.1", type="NodePort"), endpoint_slice("np", ["10.244.1.2"])]
+    backend.sync(renderer.render(build_view(parse_objects([*objs, node("n1", "172.18.0.11", "192.0.2.1")]), "n1"), 4), True)
     script = backend.scripts[-1]
     assert "set nodeport-ips { type ipv4_addr; elements = { 172.18.0.11 }; }" in script
     assert "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports" in script
-    backend.sync(renderer.render(build_view(parse_objects([*objs, node("172.18.0.12")]), "n1"), 4))
+    backend.sync(renderer.render(build_view(parse_objects([*objs, node("n1", "172.18.0.12")]), "n1"), 4))
     assert backend.scripts[-1].startswith("add table ip kube-proxy"), "a new node address reloads the whole table"
     assert "elements = { 172.18.0.12 }" in backend.scripts[-1]
 
@@ -116,7 +103,7 @@ def test_the_table_name_is_configurable_and_every_write_names_it():
     renderer = NftRenderer(config, config.nftables_table)
     backend = Recorder()
     backend.table = config.nftables_table
-    objs = [svc("a", "10.96.0.1"), eps("a", "10.244.1.2")]
+    objs = [service("a", "10.96.0.1"), endpoint_slice("a", ["10.244.1.2"])]
     backend.sync(renderer.render(build_view(parse_objects(objs), "n1"), 4), True)
     assert backend.scripts[-1].startswith("add table ip pyproxy-lab\ndelete table ip pyproxy-lab\ntable ip pyproxy-lab {")
     assert "ip kube-proxy" not in backend.scripts[-1] and "add element ip pyproxy-lab service-ips" in backend.scripts[-1]

@@ -350,3 +350,15 @@ LOCAL_TRAFFIC_CASES = [
 def test_local_traffic(raw, pod_cidrs, family, expected):
     view = build_view(cluster(node("node-a", pod_cidrs=pod_cidrs)), "node-a")
     assert local_traffic(parse_config(raw), view, family) == expected
+
+
+@pytest.mark.parametrize("objs, verdict", [
+    pytest.param([svc()], "reject", id="no endpoints anywhere: refused, the client learns at once"),
+    pytest.param([svc(external_traffic_policy="Local", **NP), eps(B)], "drop",
+                 id="eTP=Local with endpoints only elsewhere: dropped here, the client may retry another node"),
+    pytest.param([svc(internal_traffic_policy="Local"), eps(B)], "drop",
+                 id="iTP=Local with endpoints only elsewhere: dropped"),
+])
+def test_no_endpoint_verdict(objs, verdict):
+    (sp,) = build_view(cluster(NODE_A, *objs), "node-a").ports
+    assert sp.no_endpoint_verdict == verdict
