@@ -84,6 +84,8 @@ class Daemon:
         self.syncs = 0
         self._triggers: dict[str, str] = {}
         self._changes_seen = (0, 0)
+        self._pod_cidrs: tuple | None = None  # detectLocalMode NodeCIDR: the podCIDRs rules were made for
+        self._pod_cidrs_waiting = False
 
     def start_http(self) -> None:
         for address, factory, reason in (
@@ -137,6 +139,13 @@ class Daemon:
                     waiting_logged = True
                 store.wait_for_change(store.version, 0.5)
                 continue
+            if not self._pod_cidrs_known(store):
+                if once and self.exit_code == 0:  # a one-shot sync cannot wait for the Node to change
+                    log.error("node %s has no podCIDR: detectLocalMode NodeCIDR cannot tell pod traffic",
+                              self.proxier.node_name)
+                    return 1
+                store.wait_for_change(store.version, 0.5)
+                continue
             version = store.version
             pending = version != synced_version
             if pending:
@@ -174,6 +183,30 @@ class Daemon:
             if once:
                 return 0
         return 0
+
+    def _pod_cidrs_known(self, store: Store) -> bool:
+        """detectLocalMode NodeCIDR, as kube-proxy: no rules before this node's podCIDRs are known
+        (every pod match is written from them), and a restart (exit 1) when they change."""
+        if self.config.detect_local_mode != "NodeCIDR":
+            return True
+        with store.lock:
+            node = store.cluster.nodes.get(self.proxier.node_name)
+        cidrs = node.pod_cidrs if node else ()
+        if self._pod_cidrs is None:
+            if not cidrs:
+                if not self._pod_cidrs_waiting:
+                    log.info("waiting for node %s's podCIDR (detectLocalMode NodeCIDR)", self.proxier.node_name)
+                    self._pod_cidrs_waiting = True
+                return False
+            self._pod_cidrs = cidrs
+        elif cidrs and cidrs != self._pod_cidrs:
+            log.error("node %s's podCIDRs changed from %s to %s (detectLocalMode NodeCIDR): exiting to be "
+                      "restarted with them", self.proxier.node_name, ",".join(map(str, self._pod_cidrs)),
+                      ",".join(map(str, cidrs)))
+            self.exit_code = 1
+            self.stop_event.set()
+            return False
+        return True
 
     def _count_changes(self, store: Store) -> None:
         services, endpoints = store.service_changes, store.endpoint_changes

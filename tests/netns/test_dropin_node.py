@@ -148,3 +148,45 @@ def test_health_check_node_ports_listen_only_on_node_port_addresses(namespaces, 
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_node_cidr_mode_waits_for_the_pod_cidr_and_restarts_when_it_changes(namespaces, tmp_path):
+    """detectLocalMode NodeCIDR, as kube-proxy: no rules until the Node has a podCIDR (every pod
+    match is written from it), then exit 1 when it changes, to be restarted with the new one."""
+    ns = namespaces.new("ncidr")
+    manifest = tmp_path / "cluster.yaml"
+
+    def write(pod_cidr):
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+                "spec": {"podCIDR": pod_cidr} if pod_cidr else {},
+                "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.11"}]}}
+        endpoints = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                     "metadata": {"name": "web-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+                     "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": "n1"}], "ports": [{"port": 80}]}
+        manifest.write_text(yaml.safe_dump({**MANIFEST, "items": MANIFEST["items"] + [endpoints, node]}))
+
+    def nat():
+        return subprocess.run(["ip", "netns", "exec", ns, "iptables-save", "-t", "nat"], capture_output=True,
+                              text=True).stdout
+    write(None)
+    config = config_file(tmp_path, detectLocalMode="NodeCIDR", iptables={"minSyncPeriod": "0s"})
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, PYPROXY, "run", "-f", str(manifest), "--node", "n1",
+                             f"--config={config}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        assert proc.poll() is None and "10.96.0.10" not in nat(), "no rules before the podCIDR is known"
+        write("10.244.1.0/24")
+        deadline = time.monotonic() + 10
+        while "10.96.0.10" not in nat():
+            assert time.monotonic() < deadline, "rules once the podCIDR is known"
+            time.sleep(0.1)
+        assert "! -s 10.244.1.0/24" in nat(), "pod traffic told apart by the node's podCIDR"
+        write("10.244.9.0/24")
+        proc.wait(timeout=15)
+        assert proc.returncode == 1
+        log = proc.stderr.read()
+        assert "waiting for node n1's podCIDR" in log and "podCIDRs changed" in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
