@@ -276,11 +276,11 @@ def dump(path, node, config_path, backend, family, cluster_cidr, output):
 
     config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
     view, ruleset = _ruleset(config, cluster, node, family)
-    text = mode(config.mode).text(ruleset)
+    chosen = mode(config.mode)
+    text = chosen.text(ruleset)
     if output == "json":
         _print({"node": node, "family": int(family), "backend": config.mode,
-                "servicePorts": len(view.family(int(family))), "rules": mode(config.mode).counts(ruleset),
-                "text": text}, "json")
+                "servicePorts": len(view.family(int(family))), "rules": chosen.counts(ruleset), "text": text}, "json")
     else:
         click.echo(text, nl=False)
 

@@ -18,7 +18,7 @@ from .config import ProxyConfig
 from .conntrack import ConntrackCleaner
 from .model.cluster import Cluster
 from .modes import MODES, mode
-from .view import NodeView, ViewBuilder
+from .view import NodeView, ViewBuilder, node_port_networks
 
 log = logging.getLogger("pyproxy")
 
@@ -94,11 +94,9 @@ def localhost_node_ports_served(config: ProxyConfig) -> bool:
     unset; `primary` does not)."""
     if not config.localhost_node_ports:
         return False
-    v4 = [ipaddress.ip_network(a) for a in config.node_port_addresses if a != "primary" and ":" not in a]
-    if not v4 and "primary" not in config.node_port_addresses:
-        return True  # no IPv4 entry: IPv4 NodePorts answer on every address (see view.node_port_ips)
+    entries = node_port_networks(config, 4)
     loopback = ipaddress.ip_address("127.0.0.1")
-    return any(loopback in net for net in v4)
+    return entries is None or any(e != "primary" and loopback in e for e in entries)
 
 
 def _enable_route_localnet() -> None:

@@ -364,23 +364,34 @@ class ViewBuilder:
                         tuple(ports), deleting=bool(node and node.deleting))
 
 
+def node_port_networks(config: ProxyConfig, family: int) -> list[IPNetwork | str] | None:
+    """kube-proxy's NodePortAddresses for one family: its CIDRs (and "primary", the node's first
+    address of each family), or None for every local address (MatchAll): nodePortAddresses
+    unset, without an entry of this family, or holding 0.0.0.0/0 (::/0)."""
+    entries = [e if e == "primary" else ipaddress.ip_network(e) for e in config.node_port_addresses]
+    entries = [e for e in entries if e == "primary" or e.version == family]
+    if not entries or any(e != "primary" and e.prefixlen == 0 for e in entries):
+        return None
+    return entries
+
+
 def node_port_ips(view: NodeView, config: ProxyConfig, family: int) -> list | None:
-    """The node addresses NodePorts answer on, or None for every local address (kube-proxy's
-    NodePortAddresses MatchAll): nodePortAddresses unset, without an entry of this family, or
-    holding 0.0.0.0/0 (::/0). "primary" is the node's first address of each family. Loopback
-    only in iptables mode with localhostNodePorts (nftables mode never accepts it)."""
-    entries = [e for e in config.node_port_addresses if e == "primary" or ipaddress.ip_network(e).version == family]
-    if not entries or any(e != "primary" and ipaddress.ip_network(e).prefixlen == 0 for e in entries):
+    """The node addresses NodePorts answer on, or None for every local address (see
+    node_port_networks). Loopback only in iptables mode with localhostNodePorts (nftables mode
+    never accepts it)."""
+    entries = node_port_networks(config, family)
+    if entries is None:
         return None
     loopback_ok = family == 4 and config.localhost_node_ports and config.mode == "iptables"
+    node_ips = view.node_ips_of(family)
     ips = []
-    for ip in view.node_ips_of(family):
+    for ip in node_ips:
         for entry in entries:
             if entry == "primary":
-                if ip == view.node_ips_of(family)[0]:
+                if ip == node_ips[0]:
                     ips.append(ip)
                     break
-            elif ip in ipaddress.ip_network(entry):
+            elif ip in entry:
                 if ip.is_loopback and not loopback_ok:
                     continue
                 ips.append(ip)

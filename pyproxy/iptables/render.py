@@ -149,24 +149,25 @@ def render_service(sp: ServicePortView, ctx: Context) -> ServiceRules:
     uses_ext_chain, uses_fw_chain = sp.uses_external_chain, sp.uses_firewall
     lb_chain = fw_chain if uses_fw_chain else ext_chain
 
-    internal_target = external_target = sp.no_endpoint_verdict.upper()
-    internal_comment = external_comment = f"{name} has no {'local ' if has_endpoints else ''}endpoints"
+    # what a frontend without usable endpoints gets, internal or external alike
+    unusable_target = sp.no_endpoint_verdict.upper()
+    unusable_comment = f"{name} has no {'local ' if has_endpoints else ''}endpoints"
 
     # Frontends: the cluster IP.
     if has_internal:
         out.add("nat", KUBE_SERVICES, *_comment(f"{name} cluster IP"), "-m", proto, "-p", proto,
                 "-d", cluster_ip, "--dport", port, "-j", internal_chain)
     else:
-        out.add("filter", KUBE_SERVICES, *_comment(internal_comment), "-m", proto, "-p", proto,
-                "-d", cluster_ip, "--dport", port, "-j", internal_target)
+        out.add("filter", KUBE_SERVICES, *_comment(unusable_comment), "-m", proto, "-p", proto,
+                "-d", cluster_ip, "--dport", port, "-j", unusable_target)
     # External IPs.
     for ip in map(str, sp.external_ips):
         if has_endpoints:
             out.add("nat", KUBE_SERVICES, *_comment(f"{name} external IP"), "-m", proto, "-p", proto,
                     "-d", ip, "--dport", port, "-j", ext_chain)
         if not has_external:
-            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(external_comment), "-m", proto, "-p", proto,
-                    "-d", ip, "--dport", port, "-j", external_target)
+            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(unusable_comment), "-m", proto, "-p", proto,
+                    "-d", ip, "--dport", port, "-j", unusable_target)
     # Load-balancer IPs.
     for ip in map(str, sp.load_balancer_ips):
         if has_endpoints:
@@ -177,16 +178,16 @@ def render_service(sp: ServicePortView, ctx: Context) -> ServiceRules:
                     "-m", proto, "-p", proto, "-d", ip, "--dport", port, "-j", "DROP")
     if not has_external:
         for ip in map(str, sp.load_balancer_ips):
-            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(external_comment), "-m", proto, "-p", proto,
-                    "-d", ip, "--dport", port, "-j", external_target)
+            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(unusable_comment), "-m", proto, "-p", proto,
+                    "-d", ip, "--dport", port, "-j", unusable_target)
     # Node ports.
     if sp.node_port:
         if has_endpoints:
             out.add("nat", KUBE_NODEPORTS, *_comment(name), "-m", proto, "-p", proto,
                     "--dport", str(sp.node_port), "-j", ext_chain)
         if not has_external:
-            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(external_comment), "-m", "addrtype", "--dst-type",
-                    "LOCAL", "-m", proto, "-p", proto, "--dport", str(sp.node_port), "-j", external_target)
+            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(unusable_comment), "-m", "addrtype", "--dst-type",
+                    "LOCAL", "-m", proto, "-p", proto, "--dport", str(sp.node_port), "-j", unusable_target)
     if sp.health_check_node_port:
         out.add("filter", KUBE_NODEPORTS, *_comment(f"{name} health check node port"), "-m", "tcp", "-p", "tcp",
                 "--dport", str(sp.health_check_node_port), "-j", "ACCEPT")

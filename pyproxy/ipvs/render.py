@@ -158,8 +158,8 @@ class IpvsRuleset:
         return "\n".join(out) + "\n"
 
 
-def render_port(sp: ServicePortView, config: ProxyConfig, view: NodeView) -> PortIpvs:
-    """kube-proxy's per-service-port loop of syncProxyRules."""
+def render_port(sp: ServicePortView, config: ProxyConfig, view: NodeView, node_port_addresses: list[str]) -> PortIpvs:
+    """kube-proxy's per-service-port loop of syncProxyRules; NodePorts on node_port_addresses."""
     out = PortIpvs()
     proto = sp.protocol.lower()
     scheduler = config.ipvs_scheduler
@@ -217,8 +217,6 @@ def render_port(sp: ServicePortView, config: ProxyConfig, view: NodeView) -> Por
             out.bind.add(ip)
         external_frontend(ip, sp.port)
     if sp.node_port:
-        chosen = node_port_ips(view, config, sp.family)  # kube-proxy's nodePortAddresses
-        node_port_addresses = node_ips if chosen is None else [str(ip) for ip in chosen]
         if proto == "sctp":
             for ip in node_port_addresses:
                 out.add("KUBE-NODE-PORT-SCTP-HASH", f"{ip},{proto}:{sp.node_port}")
@@ -367,8 +365,10 @@ class IpvsRenderer:
 
     def render(self, view: NodeView, family: int) -> IpvsRuleset:
         context = (view.node_ips_of(family), view.pod_cidrs)
+        chosen = node_port_ips(view, self.config, family)  # kube-proxy's nodePortAddresses, once per render
+        addresses = [str(ip) for ip in (view.node_ips_of(family) if chosen is None else chosen)]
         ports = dict(self._memo.reuse(family, context, view.family(family),
-                                      lambda sp: render_port(sp, self.config, view)))
+                                      lambda sp: render_port(sp, self.config, view, addresses)))
         ruleset = IpvsRuleset(family, ports, [], [], jumps())
         no_access = [x for p in ports.values() for x in p.no_node_access]
         ruleset.nat, ruleset.filter = iptables_rules(self.config, view, family, ruleset.sets(), no_access)

@@ -262,16 +262,24 @@ class Process:
                     pass
 
 
+def exited(pid: int) -> bool:
+    """The process is gone, or a zombie (exited, not yet reaped by its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def runs(pid: int, argv: list[str]) -> bool:
     """The process is alive and runs this command line (its PID was not reused). A script started
     through its #! line shows its interpreter first (`python .../bin/pyproxy run ...`)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             args = f.read().split(b"\0")
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
     except OSError:
+        return False
+    if exited(pid):
         return False
     wanted = [a.encode() for a in argv]
     return args[: len(wanted)] == wanted or args[1: 1 + len(wanted)] == wanted

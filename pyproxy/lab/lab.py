@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import netns
 from . import kubelet
-from .controlplane import ControlPlane, ProcessTable, runs
+from .controlplane import ControlPlane, ProcessTable, exited, runs
 from .runtime import CniRuntime
 from .spec import LabSpec, PodSpec, parse_spec, spec_as_raw
 
@@ -407,7 +407,7 @@ class Lab:
         if pod.pid and (_is_our_echo(pod.pid, pod.name) or pod.command and runs(pod.pid, pod.command)):
             os.kill(pod.pid, signal.SIGTERM)
             for _ in range(100):
-                if not os.path.exists(f"/proc/{pod.pid}") or _zombie(pod.pid):
+                if exited(pod.pid):
                     break
                 time.sleep(0.01)
             _reap(pod.pid)
@@ -483,14 +483,6 @@ class Lab:
             "pods": [{"name": p.name, "node": p.node, "ip": p.ip, "netns": p.netns, "echo": alive[p.name]}
                      for p in self.pods.values()],
         }
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def _reap(pid: int) -> None:

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from pyproxy.lab import Lab, LabError
+from pyproxy.lab.controlplane import exited
 from pyproxy.lab.lab import list_netns
 from pyproxy.lab.spec import parse_spec
 
@@ -63,7 +64,7 @@ def test_a_second_up_is_refused_and_down_cleans_a_crashed_lab(lab):
     left = Lab(parse_spec(crashed)).up(crashed)
     echo_pid = next(iter(left.pods.values())).pid
     again = Lab(parse_spec(crashed)).up(crashed, replace=True)
-    assert not os.path.exists(f"/proc/{echo_pid}") or open(f"/proc/{echo_pid}/stat").read().split(")")[1].split()[0] == "Z"
+    assert exited(echo_pid)
     assert set(again.pods) == set(left.pods)
     again.down()
 
@@ -95,7 +96,7 @@ def test_lab_processes_are_stopped_by_another_process(namespaces, tmp_path):
                           "ProcessTable(sys.argv[1]).stop_all()", table.path], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     for _ in range(50):
-        if not os.path.exists(f"/proc/{proc.pid}") or open(f"/proc/{proc.pid}/stat").read().split(")")[1].split()[0] == "Z":
+        if exited(proc.pid):
             break
         time.sleep(0.1)
     else:
