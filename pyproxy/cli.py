@@ -263,7 +263,7 @@ def _ruleset(config, cluster, node, family):
     from .modes import mode
     from .view import build_view
 
-    view = build_view(cluster, node)
+    view = build_view(cluster, node, primary_ip=config.bind_address)
     return view, mode(config.mode).render(view, config, int(family))
 
 
@@ -277,12 +277,12 @@ def dump(path, node, config_path, backend, family, cluster_cidr, output):
     config, cluster = _setup(path, node, config_path, backend, cluster_cidr)
     view, ruleset = _ruleset(config, cluster, node, family)
     chosen = mode(config.mode)
-    text = chosen.text(ruleset)
     if output == "json":
-        _print({"node": node, "family": int(family), "backend": config.mode,
-                "servicePorts": len(view.family(int(family))), "rules": chosen.counts(ruleset), "text": text}, "json")
+        _print({"node": node, "family": int(family), "backend": config.mode, "servicePorts": len(view.family(int(family))),
+                "rules": chosen.counts(ruleset), "text": chosen.text(ruleset)}, "json")
     else:
-        click.echo(text, nl=False)
+        for chunk in chosen.text_chunks(ruleset):  # written as rendered, never joined whole
+            sys.stdout.write(chunk)
 
 
 @main.command("diff")
@@ -345,7 +345,24 @@ def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dpor
             click.echo(f"         {rule}")
 
 
-@main.command()
+class _KubeProxyCommandLine(click.Command):
+    """`pyproxy run` parses kube-proxy's command line: an option without its value fails in
+    kube-proxy's words (pflag's), exit 1."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.BadOptionUsage as err:
+            if "requires an argument" not in err.message:
+                raise
+            click.echo(f"Error: flag needs an argument: {err.option_name}", err=True)
+            ctx.exit(1)
+
+
+@main.command(cls=_KubeProxyCommandLine, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+              epilog="Also every other kube-proxy flag (--iptables-masquerade-bit, --conntrack-*, --ipvs-*, "
+                     "--feature-gates, --nodeport-addresses, --master, ...: pyproxy/kubeproxyflags.py), used, as by "
+                     "kube-proxy, when no --config file is given.")
 @click.option("-f", "--filename", "path", type=click.Path(exists=True, dir_okay=False),
               help="follow a manifests file instead of the Kubernetes API")
 @click.option("--kubeconfig", type=click.Path(exists=True, dir_okay=False),
@@ -354,8 +371,8 @@ def trace(path, node, config_path, backend, family, cluster_cidr, src, dst, dpor
               help="this node's name (default: the config's hostnameOverride, $NODE_NAME, the hostname)")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="KubeProxyConfiguration file")
 @click.option("--backend", "--proxy-mode", "backend", type=click.Choice(["iptables", "nftables", "ipvs"]), default=None)
-@click.option("--family", type=click.Choice(["4", "6", "dual"]), default="4", show_default=True,
-              help="IP families to program (dual: both, as a dual-stack node needs)")
+@click.option("--family", type=click.Choice(["auto", "4", "6", "dual"]), default="auto", show_default=True,
+              help="IP families to program (auto: those the Node has addresses or podCIDRs in, as the kernel allows)")
 @click.option("--cluster-cidr", default=None, help="overrides the config's clusterCIDR")
 @click.option("--iptables-variant", type=click.Choice(["auto", "legacy", "nft"]), default=None)
 @click.option("--healthz-bind-address", default=None, help="host:port, '' to disable (default 0.0.0.0:10256)")
@@ -379,8 +396,25 @@ def run(ctx, path, kubeconfig, node, config_path, backend, family, cluster_cidr,
     from .daemon import Daemon, node_name
     from .proxier import Proxier
 
+    from .kubeproxyflags import FlagError
+    from .kubeproxyflags import parse as parse_flags
+
     try:
-        config = load_config(config_path)
+        overlay, given = parse_flags(ctx.args)
+    except FlagError as err:
+        click.echo(f"Error: {err}", err=True)  # kube-proxy's words and exit status
+        sys.exit(1)
+    if given.get("version"):
+        click.echo(f"pyproxy {_version()}")
+        return
+    try:
+        if config_path:
+            config = load_config(config_path)
+            ignored = [f"--{name}" for name in given if name != "master"]
+            if ignored:  # kube-proxy: the file wins over every flag but logging and --hostname-override
+                click.echo(f"warning: {', '.join(ignored)} ignored: the --config file wins, as in kube-proxy", err=True)
+        else:
+            config = parse_config(overlay)
         if cluster_cidr:
             config = config.with_overrides(cluster_cidrs=parse_config({"clusterCIDR": cluster_cidr}).cluster_cidrs)
     except ConfigError as err:
@@ -427,13 +461,13 @@ def run(ctx, path, kubeconfig, node, config_path, backend, family, cluster_cidr,
         from .sources.kube import KubeClient, KubeSource
 
         try:
-            client = KubeClient(kubeconfig)
+            client = KubeClient(kubeconfig, master=given.get("master", ""))
         except Exception as err:  # noqa: BLE001 - a missing kubeconfig or service account
             click.echo(f"error: cannot configure the Kubernetes client: {err}", err=True)
             sys.exit(2)
         source = KubeSource(client, name, proxy_name)
         events = None if once else EventRecorder(client, name)
-    families = (4, 6) if family == "dual" else (int(family),)
+    families = None if family == "auto" else (4, 6) if family == "dual" else (int(family),)
     from .ipvs.apply import IpvsUnavailable
 
     try:
@@ -441,12 +475,17 @@ def run(ctx, path, kubeconfig, node, config_path, backend, family, cluster_cidr,
     except IpvsUnavailable as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
-    from .nodesetup import apply_conntrack, set_oom_score_adj
+    from .nodesetup import (READ_ONLY_SYSFS, READ_ONLY_SYSFS_NOTE, apply_conntrack, conntrack_limits_blocked,
+                            set_oom_score_adj)
 
     for problem in [set_oom_score_adj(config.oom_score_adj), *apply_conntrack(config)]:
         if problem:
             logging.getLogger("pyproxy").warning("%s; going on without it", problem)
-    daemon = Daemon(source, proxier, config, serve_http=not once, events=events)
+    if conntrack_limits_blocked(config):
+        logging.getLogger("pyproxy").warning("%s", READ_ONLY_SYSFS_NOTE)
+        if events is not None:
+            events.event("Warning", READ_ONLY_SYSFS, READ_ONLY_SYSFS_NOTE)
+    daemon = Daemon(source, proxier, config, serve_http=not once, events=events, node_from_api=not path)
     if config_path and not once:
         from .daemon import exit_when_changed
 

@@ -18,6 +18,7 @@ from .model.names import shown
 from .model.types import IPNetwork
 
 MODES = ("iptables", "nftables", "ipvs")
+NODE_PORT_KEYWORDS = ("primary", "localhost", "all")  # kube-proxy 1.37's nodePortAddresses keywords
 DETECT_LOCAL_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
 
@@ -33,7 +34,7 @@ class ProxyConfig:
     detect_local_mode: str = "ClusterCIDR"
     bridge_interface: str = ""
     interface_name_prefix: str = ""
-    node_port_addresses: tuple[str, ...] = ()  # CIDRs, or "primary"; empty: all local addresses
+    node_port_addresses: tuple[str, ...] = ()  # CIDRs, or primary, localhost, all; empty: all local addresses
     masquerade_bit: int = 14
     masquerade_all: bool = False
     localhost_node_ports: bool = True
@@ -49,6 +50,7 @@ class ProxyConfig:
     healthz_bind_address: str = "0.0.0.0:10256"
     metrics_bind_address: str = "127.0.0.1:10249"
     hostname_override: str = ""
+    bind_address: str = ""  # bindAddress when specific: the node's primary IP, before the Node's own
     kubeconfig: str = ""  # clientConnection.kubeconfig ("" : --kubeconfig, else in-cluster)
     oom_score_adj: int = -999
     verbosity: int = 0
@@ -235,8 +237,8 @@ def parse_config(raw: Any) -> ProxyConfig:
         raise ConfigError("nodePortAddresses: expected a list")
     for i, value in enumerate(npa):
         if not isinstance(value, str):
-            raise ConfigError(f"nodePortAddresses[{i}]: expected a CIDR or primary, got {shown(value)}")
-        if value != "primary":
+            raise ConfigError(f"nodePortAddresses[{i}]: expected a CIDR or primary, localhost, all, got {shown(value)}")
+        if value not in NODE_PORT_KEYWORDS:
             _cidr(value, f"nodePortAddresses[{i}]")
     out["node_port_addresses"] = tuple(npa)
 
@@ -308,8 +310,11 @@ def parse_config(raw: Any) -> ProxyConfig:
         raise ConfigError(f"hostnameOverride: expected a string, got {shown(hostname)}")
     out["hostname_override"] = hostname
     bind = raw.get("bindAddress") or ""
-    if bind and bind not in ("0.0.0.0", "::"):
-        warnings.append("bindAddress: not applied (pyproxy takes the node's IPs from its Node object)")
+    if bind and bind not in ("0.0.0.0", "::"):  # kube-proxy: a specific address is the primary node IP
+        try:
+            out["bind_address"] = str(ipaddress.ip_address(bind if isinstance(bind, str) else ""))
+        except ValueError:
+            raise ConfigError(f"bindAddress: {shown(bind)} is not an IP address") from None
     oom = raw.get("oomScoreAdj")
     if oom is not None:
         if isinstance(oom, bool) or not isinstance(oom, int) or not -1000 <= oom <= 1000:
@@ -393,7 +398,7 @@ def effective_config(config: ProxyConfig, node_name: str = "") -> dict[str, Any]
                       "udpTimeout": duration(config.conntrack_udp_timeout),
                       "udpStreamTimeout": duration(config.conntrack_udp_stream_timeout)},
         "healthzBindAddress": config.healthz_bind_address, "metricsBindAddress": config.metrics_bind_address,
-        "hostnameOverride": node_name or config.hostname_override,
+        "hostnameOverride": node_name or config.hostname_override, "bindAddress": config.bind_address or "0.0.0.0",
         "clientConnection": {"kubeconfig": config.kubeconfig},
         "oomScoreAdj": config.oom_score_adj,
         "logging": {"verbosity": config.verbosity, "format": config.log_format},

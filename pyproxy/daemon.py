@@ -17,16 +17,16 @@ import threading
 import time
 from typing import Protocol
 
-from .backend import SyncError
 from .config import ProxyConfig
-from .health import ProxyHealth, ServiceHealthServers, health_server
+from .health import FAMILY_NAMES, ProxyHealth, ServiceHealthServers, health_server
 from .metrics import Metrics
-from .proxier import Proxier, SyncReport
+from .proxier import FamilySyncError, Proxier, SyncReport
 from .sources.store import Store
 
 log = logging.getLogger("pyproxy")
 
 FULL_SYNC_PERIOD = 3600.0  # kube-proxy's fullSyncPeriod
+NODE_WAIT = 30.0  # kube-proxy waits this long for its Node's IPs at start
 
 
 class Source(Protocol):
@@ -67,12 +67,16 @@ class TokenBucket:
 
 class Daemon:
     def __init__(self, source: Source, proxier: Proxier, config: ProxyConfig, serve_http: bool = True,
-                 events=None) -> None:
+                 events=None, node_from_api: bool = False) -> None:
         self.source = source
         self.events = events  # an EventRecorder when the source is the API, else None
         self.proxier = proxier
         self.config = config
-        self.metrics = Metrics()
+        self.node_from_api = node_from_api  # kube-proxy's NodeManager: wait for the Node, exit when deleted
+        self._node_seen = False
+        self._started = time.monotonic()
+        self._node_wait_logged = False
+        self.metrics = Metrics(config.mode)
         self.health = ProxyHealth(config.sync_period)
         self.health.source_failing = lambda: bool(getattr(source, "failing", False))
         self.service_health = ServiceHealthServers(self.health)
@@ -105,10 +109,10 @@ class Daemon:
             self.events.event(type_, reason, note)
 
     def stop(self) -> None:
+        """Safe in a signal handler: the handler runs in the main thread, which may be holding
+        the store's lock at that moment, so the wake-up is left to a thread of its own."""
         self.stop_event.set()
-        self.source.store.changed.acquire()
-        self.source.store.changed.notify_all()
-        self.source.store.changed.release()
+        threading.Thread(target=self.source.store.wake, name="stop", daemon=True).start()
 
     def run(self, once: bool = False) -> int:
         if self.serve_http:
@@ -133,43 +137,50 @@ class Daemon:
         failed = False
         waiting_logged = False
         while not self.stop_event.is_set():
+            seen = store.version  # read before the checks: a change during them wakes the wait at once
             if not self.source.synced():
                 if not waiting_logged:
                     log.info("waiting for Services and EndpointSlices to be listed")
                     waiting_logged = True
-                store.wait_for_change(store.version, 0.5)
+                store.wait_for_change(seen, 0.5)
+                continue
+            if not self._node_ready(store, once):
+                store.wait_for_change(seen, 0.5)
                 continue
             if not self._pod_cidrs_known(store):
                 if once and self.exit_code == 0:  # a one-shot sync cannot wait for the Node to change
                     log.error("node %s has no podCIDR: detectLocalMode NodeCIDR cannot tell pod traffic",
                               self.proxier.node_name)
                     return 1
-                store.wait_for_change(store.version, 0.5)
+                store.wait_for_change(seen, 0.5)
                 continue
             version = store.version
             pending = version != synced_version
             if pending:
-                self.health.queued()
-                self.metrics.last_queued.set(time.time())
+                self.health.queued(self.proxier.backends)
+                for family in self.proxier.backends:
+                    self.metrics.last_queued.labels(ip_family=FAMILY_NAMES[family]).set(time.time())
             self._count_changes(store)
             now = time.monotonic()
             full = failed or now - last_full >= max(FULL_SYNC_PERIOD, self.config.sync_period)
             periodic = now - last_sync >= self.config.sync_period
             if not (pending or full or periodic):
-                store.wait_for_change(version, max(0.05, last_sync + self.config.sync_period - now))
+                # at most 1 s at a time: a SIGTERM delivered to another thread is only handled
+                # once the main thread runs Python again
+                store.wait_for_change(version, min(1.0, max(0.05, last_sync + self.config.sync_period - now)))
                 continue
             delay = bucket.wait_time()
             if delay > 0:
                 self.stop_event.wait(min(delay, 0.5))
                 continue
             bucket.take()
-            cluster, version = store.snapshot()
+            cluster, version = store.snapshot(take_pending=True)
             try:
                 report = self.proxier.sync(cluster, full=full)
             except Exception as err:  # noqa: BLE001 - keep running; the next sync is a full one
                 log.error("sync failed, previous rules left in place: %s", err)
-                if isinstance(err, SyncError):  # the kernel refused the rules (any mode)
-                    self.metrics.restore_failures.inc()
+                if isinstance(err, FamilySyncError):  # the kernel refused the rules (any mode)
+                    self.metrics.count_failure(err.family, partial=not full)
                 failed = True
                 if once:
                     return 1
@@ -183,6 +194,31 @@ class Daemon:
             if once:
                 return 0
         return 0
+
+    def _node_ready(self, store: Store, once: bool = False) -> bool:
+        """kube-proxy's NodeManager, for a proxy fed by the API: when the families are not given,
+        wait up to 30 s for the Node (its addresses decide them); once seen, a deleted Node makes
+        it exit 1 to be restarted (OnNodeDelete). A manifests file without the Node is not waited
+        for."""
+        if not self.node_from_api:
+            return True
+        with store.lock:
+            node = store.cluster.nodes.get(self.proxier.node_name)
+        if node is not None:
+            self._node_seen = True
+            return True
+        if self._node_seen:
+            log.error("node %s was deleted: exiting to be restarted, as kube-proxy does", self.proxier.node_name)
+            self.exit_code = 1
+            self.stop_event.set()
+            return False
+        if once or self.proxier.backends or time.monotonic() - self._started > NODE_WAIT:
+            return True
+        if not self._node_wait_logged:
+            log.info("waiting up to %.0f s for node %s (its addresses decide the IP families)",
+                     NODE_WAIT, self.proxier.node_name)
+            self._node_wait_logged = True
+        return False
 
     def _pod_cidrs_known(self, store: Store) -> bool:
         """detectLocalMode NodeCIDR, as kube-proxy: no rules before this node's podCIDRs are known
@@ -214,6 +250,9 @@ class Daemon:
         self.metrics.service_changes.inc(services - seen_s)
         self.metrics.endpoint_changes.inc(endpoints - seen_e)
         self._changes_seen = (services, endpoints)
+        pending_services, pending_slices = store.pending_counts()
+        self.metrics.service_changes_pending.set(pending_services)
+        self.metrics.endpoint_changes_pending.set(pending_slices)
 
     def _health_check_hosts(self, view) -> tuple[str, ...]:
         """Where healthCheckNodePort servers listen: the node-port addresses, or every address."""
@@ -231,9 +270,8 @@ class Daemon:
 
         from .config import effective_config
 
-        def healthz():
-            code, body = self.health.healthz()
-            return code, "application/json", json.dumps(body).encode()
+        def healthz():  # the metrics server's /healthz is a plain ping, as kube-proxy's
+            return 200, "text/plain; charset=utf-8", b"ok"
 
         configz = {"kubeproxy.config.k8s.io": effective_config(self.config, self.proxier.node_name)}
         return {"/proxyMode": lambda: (200, "text/plain; charset=utf-8", self.config.mode.encode()),
@@ -242,34 +280,46 @@ class Daemon:
 
     def _after_sync(self, report: SyncReport, cluster) -> None:
         now = time.time()
-        self.health.updated()
         view = report.view
-        self.health.node_deleting = view.deleting
-        self.metrics.last_sync.set(now)
-        self.metrics.service_changes_pending.set(0)
-        self.metrics.endpoint_changes_pending.set(0)
+        m = self.metrics
+        node = cluster.nodes.get(self.proxier.node_name)
+        self.health.node_eligible = node is not None and not view.deleting
+        m.service_changes_pending.set(0)
+        m.endpoint_changes_pending.set(0)
         for family, result in report.results.items():
+            ip_family = FAMILY_NAMES[family]
+            self.health.updated(family)
+            m.last_sync.labels(ip_family=ip_family).set(now)
             duration = result.seconds + report.render_seconds
-            self.metrics.sync_duration.observe(duration)
-            (self.metrics.full_sync_duration if result.full else self.metrics.partial_sync_duration).observe(duration)
+            m.sync_duration.labels(ip_family=ip_family).observe(duration)
+            by_kind = m.full_sync_duration if result.full else m.partial_sync_duration
+            if by_kind is not None:
+                by_kind.labels(ip_family=ip_family).observe(duration)
+            for gauge, counts in ((m.rules, report.rule_counts), (m.rules_last, report.rules_written)):
+                for table, count in counts.get(family, {}).items():
+                    if gauge is not None:
+                        gauge.labels(ip_family=ip_family, table=table).set(count)
+            m.conntrack_duration.labels(ip_family=ip_family).observe(report.conntrack_seconds.get(family, 0.0))
+            m.conntrack_deleted.labels(ip_family=ip_family).inc(report.stale_flows.get(family, 0))
+            ports = view.family(family)
+            m.no_local_endpoints.labels(ip_family=ip_family, traffic_policy="internal").set(
+                sum(1 for p in ports if p.internal_policy_local and not p.local_endpoints))
+            m.no_local_endpoints.labels(ip_family=ip_family, traffic_policy="external").set(
+                sum(1 for p in ports if p.external_policy_local and p.externally_accessible and not p.local_endpoints))
             log.info("synced ipv%d: %s, %d service ports, %d chains written, %d deleted, render %.3fs, apply %.3fs, "
-                     "%d stale UDP flows removed", family, "full" if result.full else "partial",
-                     len(view.family(family)), result.chains_written, result.chains_deleted, report.render_seconds,
-                     result.seconds, report.stale_flows_deleted)
-        for table, count in report.rule_counts.items():
-            self.metrics.rules.labels(table=table).set(count)
-        self.metrics.no_local_endpoints.labels(traffic_policy="internal").set(
-            sum(1 for p in view.ports if p.internal_policy_local and not p.local_endpoints))
-        self.metrics.no_local_endpoints.labels(traffic_policy="external").set(
-            sum(1 for p in view.ports if p.external_policy_local and p.externally_accessible and not p.local_endpoints))
+                     "%d stale UDP flows removed", family, "full" if result.full else "partial", len(ports),
+                     result.chains_written, result.chains_deleted, report.render_seconds, result.seconds,
+                     report.stale_flows.get(family, 0))
         # Network programming latency: slices whose trigger time we have not seen applied yet.
-        triggers = {key: s.trigger_time for key, s in cluster.slices.items() if s.trigger_time}
-        for key, trigger in triggers.items():
-            if self._triggers.get(key) != trigger:
-                latency = self.metrics.observe_trigger(trigger, now)
-                if latency is not None:
-                    self.latencies.append(latency)
-        self._triggers = triggers
+        triggers = {key: s for key, s in cluster.slices.items() if s.trigger_time}
+        for key, slice_ in triggers.items():
+            if self._triggers.get(key) != slice_.trigger_time:
+                family = 6 if slice_.address_type == "IPv6" else 4
+                if family in report.results:
+                    latency = m.observe_trigger(slice_.trigger_time, now, family)
+                    if latency is not None:
+                        self.latencies.append(latency)
+        self._triggers = {key: s.trigger_time for key, s in triggers.items()}
         wanted = {}
         for p in view.ports:
             if p.health_check_node_port and p.external_policy_local:

@@ -1,10 +1,13 @@
 """kube-proxy's health endpoints and the per-service healthCheckNodePort servers.
 
-/healthz and /livez (healthzBindAddress, default 0.0.0.0:10256) answer 503 once a queued update
-has waited longer than 2 x syncPeriod without being applied; /healthz also while the node is
-being deleted (so load balancers drain it). Each externalTrafficPolicy=Local service with a
-healthCheckNodePort gets a server answering 200 while this node has ready local endpoints and
-the proxy is healthy, 503 otherwise, with kube-proxy's JSON body and headers.
+/healthz and /livez (healthzBindAddress, default 0.0.0.0:10256) answer with kube-proxy's body:
+healthy, and per IP family (`status.IPv4`, `status.IPv6`) when it last synced and whether it is
+healthy: a family is unhealthy once a queued update has waited longer than 2 x syncPeriod
+(a family that never synced yet does not count, as in kube-proxy). /healthz is also 503 while
+the node is not eligible (no Node object, being deleted, or tainted ToBeDeletedByClusterAutoscaler,
+so load balancers drain it). Each externalTrafficPolicy=Local service with a healthCheckNodePort
+gets a server answering 200 while this node has ready local endpoints and the proxy is healthy,
+503 otherwise, with kube-proxy's JSON body and headers.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Callable
 
 log = logging.getLogger("pyproxy.health")
 
+FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
+
 
 def _rfc3339(ts: float) -> str:
     if not ts:
@@ -30,37 +35,61 @@ class ProxyHealth:
     def __init__(self, sync_period: float, clock: Callable[[], float] = time.time) -> None:
         self.timeout = 2 * sync_period
         self.clock = clock
-        self.last_updated = 0.0
-        self.oldest_queued = 0.0  # 0: nothing waiting
-        self.node_deleting = False
+        self.last_updated: dict[int, float] = {}  # family -> when its rules were last applied
+        self.oldest_queued: dict[int, float] = {}  # family -> the oldest change waiting for it
+        self.node_eligible = False  # the Node exists, and is neither being deleted nor drained
         self.source_failing: Callable[[], bool] = lambda: False  # the source cannot read its input
         self.lock = threading.Lock()
 
-    def queued(self) -> None:
+    def queued(self, families) -> None:
         with self.lock:
-            if not self.oldest_queued:
-                self.oldest_queued = self.clock()
+            for family in families:
+                self.oldest_queued.setdefault(family, self.clock())
 
-    def updated(self) -> None:
+    def updated(self, family: int) -> None:
         with self.lock:
-            self.last_updated = self.clock()
-            self.oldest_queued = 0.0
+            self.last_updated[family] = self.clock()
+            self.oldest_queued.pop(family, None)
+
+    def _family_health(self, now: float) -> dict[int, bool]:
+        return {family: family not in self.oldest_queued or now - self.oldest_queued[family] < self.timeout
+                for family in self.last_updated}
 
     def healthy(self) -> bool:
         with self.lock:
-            return not self.oldest_queued or self.clock() - self.oldest_queued < self.timeout
+            return all(self._family_health(self.clock()).values())
+
+    def _body(self) -> tuple[bool, dict]:
+        with self.lock:
+            now = self.clock()
+            families = self._family_health(now)
+            status = {FAMILY_NAMES[f]: {"lastUpdated": _rfc3339(self.last_updated[f]), "healthy": ok}
+                      for f, ok in sorted(families.items())}
+            last = max(self.last_updated.values(), default=0.0)
+        healthy = all(families.values())
+        body = {"lastUpdated": _rfc3339(last), "currentTime": _rfc3339(now), "healthy": healthy}
+        if status:
+            body["status"] = status
+        return healthy, body
 
     def livez(self) -> tuple[int, dict]:
-        body = {"lastUpdated": _rfc3339(self.last_updated), "currentTime": _rfc3339(self.clock())}
-        return (200 if self.healthy() else 503), body
+        healthy, body = self._body()
+        if healthy:  # kube-proxy answers a healthy probe with the current time as lastUpdated
+            body["lastUpdated"] = body["currentTime"]
+        return (200 if healthy else 503), body
 
     def healthz(self) -> tuple[int, dict]:
-        code, body = self.livez()
-        body["nodeEligible"] = not self.node_deleting
+        healthy, body = self._body()
+        eligible = self.node_eligible
+        body = {**{k: body[k] for k in ("lastUpdated", "currentTime")}, "nodeEligible": eligible,
+                **{k: body[k] for k in ("healthy", "status") if k in body}}
         if self.source_failing():
-            body["sourceFailing"] = True
-            code = 503
-        return (code if not self.node_deleting else 503), body
+            body["sourceFailing"] = True  # pyproxy's own: the manifests file cannot be read
+            healthy = False
+        ok = healthy and eligible
+        if ok:
+            body["lastUpdated"] = body["currentTime"]
+        return (200 if ok else 503), body
 
 
 def _json_handler(route: Callable[[str], tuple[int, dict, dict] | None]) -> type[BaseHTTPRequestHandler]:

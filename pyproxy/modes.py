@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from itertools import islice
 from typing import Any, Iterable
 
 from .backend import SyncError
@@ -27,6 +28,11 @@ class Mode:
     def check_node(self) -> None:
         """Fail at start-up, with a clear reason, on a node that cannot run this mode."""
 
+    def unsupported(self, family: int, config: ProxyConfig) -> str:
+        """Why this node's kernel cannot take this family's rules ("" when it can): probed with
+        the mode's own tool, read-only."""
+        return ""
+
     def renderer(self, config: ProxyConfig) -> Any:
         """The memoising renderer the proxier keeps between syncs."""
         raise NotImplementedError
@@ -43,12 +49,20 @@ class Mode:
         """Rules per table after a sync, for kubeproxy_sync_proxy_rules_iptables_total."""
         return {}
 
+    def rules_written(self, writer: Any) -> dict[str, int]:
+        """Rules per table the last sync wrote, for kubeproxy_sync_proxy_rules_iptables_last."""
+        return {}
+
     def render(self, view: NodeView, config: ProxyConfig, family: int) -> Any:
         """A one-off ruleset (dump, diff, trace)."""
         return self.rules(self.renderer(config), view, family)
 
     def text(self, ruleset: Any) -> str:
         raise NotImplementedError
+
+    def text_chunks(self, ruleset: Any) -> Iterable[str]:
+        """The dump text in pieces, so a big one is written out without being joined first."""
+        yield self.text(ruleset)
 
     def counts(self, ruleset: Any) -> dict[str, int]:
         raise NotImplementedError
@@ -87,11 +101,22 @@ class IptablesMode(Mode):
 
         return IptablesBackend(family, config.iptables_variant)
 
+    def unsupported(self, family, config):
+        return _probe([self.writer(family, config).save_tool, "-t", "nat"])
+
     def rule_counts(self, writer):
         return {table: writer.last_ruleset.rule_count(table) for table in ("filter", "nat")}
 
+    def rules_written(self, writer):
+        return dict(writer.last_rules_written)
+
     def text(self, ruleset):
         return ruleset.dump_text()
+
+    def text_chunks(self, ruleset):
+        lines = ruleset.dump_lines()
+        while batch := list(islice(lines, 4096)):
+            yield "\n".join(batch) + "\n"
 
     def counts(self, ruleset):
         return {"filter": ruleset.rule_count("filter"), "nat": ruleset.rule_count("nat")}
@@ -132,6 +157,10 @@ class NftablesMode(Mode):
         from .nftables.apply import NftablesBackend
 
         return NftablesBackend(family, config.nftables_table)
+
+    def unsupported(self, family, config):
+        # a dry run (-c) of creating the family's table: the kernel checks it, nothing is made
+        return _probe(["nft", "-c", f"add table {'ip' if family == 4 else 'ip6'} {config.nftables_table}"])
 
     def text(self, ruleset):
         return ruleset.script()
@@ -180,6 +209,9 @@ class IpvsMode(Mode):
 
         return IpvsBackend(family, config.iptables_variant, config.ipvs_strict_arp, config.ipvs_exclude_cidrs)
 
+    def unsupported(self, family, config):
+        return MODES["iptables"].unsupported(family, config)  # IPVS mode's chains are iptables'
+
     def text(self, ruleset):
         return ruleset.text()
 
@@ -205,6 +237,19 @@ class IpvsMode(Mode):
                 IpvsBackend(family, config.iptables_variant).cleanup(keep_shared_chains=running != "nftables")
             except Exception as err:  # noqa: BLE001 - leftovers must not stop the proxy
                 log.warning("cleaning IPVS leftovers: %s", err)
+
+
+def _probe(argv: list[str]) -> str:
+    """"" when the command succeeds, else its first line of complaint."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return str(err)
+    if proc.returncode == 0:
+        return ""
+    return ((proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"])[0][:200]
 
 
 MODES: dict[str, Mode] = {m.name: m for m in (IptablesMode(), NftablesMode(), IpvsMode())}

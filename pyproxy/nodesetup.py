@@ -47,6 +47,32 @@ def conntrack_settings(config: ProxyConfig, cpus: int | None = None) -> dict[str
     return out
 
 
+# kube-proxy's words for its node event when /sys is read-only (it cannot raise the conntrack
+# hashsize there): reason readOnlySysFS, this note
+READ_ONLY_SYSFS = "readOnlySysFS"
+READ_ONLY_SYSFS_NOTE = ("CRI error: /sys is read-only: cannot modify conntrack limits, problems may arise later "
+                        "(If running Docker, see docker issue #24000)")
+
+
+def sysfs_read_only(mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Is /sys mounted read-only here (a container's /sys, as kube-proxy checks before it sets
+    conntrack limits)?"""
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 5 and fields[4] == "/sys":
+                    return "ro" in fields[5].split(",")
+    except OSError:
+        pass
+    return False
+
+
+def conntrack_limits_blocked(config: ProxyConfig, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """kube-proxy's readOnlySysFS case: it would set the conntrack maximum, and /sys is read-only."""
+    return config.conntrack_max_per_core > 0 and sysfs_read_only(mountinfo)
+
+
 def apply_conntrack(config: ProxyConfig) -> list[str]:
     """Set them; the warnings for those that could not be set. The module's hashsize (a host-wide
     /sys/module parameter kube-proxy also raises) is not touched: it is not the namespace's."""

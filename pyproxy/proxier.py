@@ -12,8 +12,9 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from .backend import SyncResult
+from .backend import SyncError, SyncResult
 from .config import ProxyConfig
 from .conntrack import ConntrackCleaner
 from .model.cluster import Cluster
@@ -25,28 +26,74 @@ log = logging.getLogger("pyproxy")
 
 @dataclass
 class SyncReport:
+    """What one sync did, per IP family (the metrics are kube-proxy's, labelled by family)."""
+
     view: NodeView
     results: dict[int, SyncResult] = field(default_factory=dict)
-    stale_flows_deleted: int = 0
     render_seconds: float = 0.0
-    rule_counts: dict[str, int] = field(default_factory=dict)
+    rule_counts: dict[int, dict[str, int]] = field(default_factory=dict)  # family -> table -> rules
+    rules_written: dict[int, dict[str, int]] = field(default_factory=dict)  # family -> table -> rules this sync
+    stale_flows: dict[int, int] = field(default_factory=dict)  # family -> stale UDP flows deleted
+    conntrack_seconds: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def stale_flows_deleted(self) -> int:
+        return sum(self.stale_flows.values())
+
+
+class FamilySyncError(Exception):
+    """A family's rules were refused by the kernel: `error` (a SyncError) says why."""
+
+    def __init__(self, family: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.family, self.error = family, error
 
 
 class Proxier:
-    def __init__(self, node_name: str, config: ProxyConfig, families: tuple[int, ...] = (4,),
+    """`families` None: the families this node has, decided at the first sync (auto_families)."""
+
+    def __init__(self, node_name: str, config: ProxyConfig, families: tuple[int, ...] | None = (4,),
                  proxy_name: str = "") -> None:
         self.mode = mode(config.mode)
         self.mode.check_node()
         self.node_name = node_name
         self.config = config
         self.proxy_name = proxy_name
-        self.views = ViewBuilder(node_name, proxy_name)
+        self.views = ViewBuilder(node_name, proxy_name, config.bind_address)
         self.renderer = self.mode.renderer(config)
-        self.backends = {f: self.mode.writer(f, config) for f in families}
+        self.backends: dict[int, Any] = {}
+        self.cleaners: dict[int, ConntrackCleaner] = {}
         self._other_mode_cleaned = False
+        if families is not None:
+            self._serve(families)
+
+    def _serve(self, families: tuple[int, ...]) -> None:
+        self.backends = {f: self.mode.writer(f, self.config) for f in families}
         self.cleaners = {f: ConntrackCleaner(f) for f in families}
-        if self.mode.name == "iptables" and 4 in families and localhost_node_ports_served(config):
+        if self.mode.name == "iptables" and 4 in families and localhost_node_ports_served(self.config):
             _enable_route_localnet()
+
+    def auto_families(self, cluster: Cluster) -> tuple[int, ...]:
+        """The IP families this node has: those of its Node's addresses and podCIDRs (a dual-stack
+        cluster gives each node a podCIDR per family), the primary (first address; IPv4 when there
+        is none) always, a second one only where the kernel takes its rules. kube-proxy serves
+        the second family wherever the kernel takes it; a single-stack node here gets no rules
+        for a family it has no address or pod range in."""
+        node = cluster.nodes.get(self.node_name)
+        seen = [a.version for a in node.addresses] + [c.version for c in node.pod_cidrs] if node else []
+        if self.config.bind_address:  # kube-proxy: bindAddress's family is the primary one
+            seen.insert(0, ipaddress.ip_address(self.config.bind_address).version)
+        primary = seen[0] if seen else 4
+        secondary = 10 - primary  # 4 <-> 6
+        if secondary not in seen:
+            log.info("single-stack: node %s has no IPv%d address or podCIDR", self.node_name, secondary)
+            return (primary,)
+        problem = self.mode.unsupported(secondary, self.config)
+        if problem:
+            log.warning("single-stack: IPv%d is not usable here (%s)", secondary, problem)
+            return (primary,)
+        log.info("dual-stack: node %s has IPv4 and IPv6", self.node_name)
+        return tuple(sorted((primary, secondary)))
 
     def sync(self, cluster: Cluster, full: bool = False) -> SyncReport:
         # A sync allocates hundreds of thousands of short-lived, acyclic objects (views, rule
@@ -62,16 +109,21 @@ class Proxier:
 
     def _sync(self, cluster: Cluster, full: bool) -> SyncReport:
         start = time.monotonic()
-        view = self.views.build(cluster)
+        if not self.backends:
+            self._serve(self.auto_families(cluster))
+        view = self.views.build(cluster, interface_ips=interface_ips())
         report = SyncReport(view)
         report.render_seconds = time.monotonic() - start  # the view; rules render while they are written
-        counts = {"filter": 0, "nat": 0}
         for family, backend in self.backends.items():
-            report.results[family] = backend.sync(self.mode.rules(self.renderer, view, family), full)
-            for table, count in self.mode.rule_counts(backend).items():
-                counts[table] += count
-            report.stale_flows_deleted += self.cleaners[family].clean(view)
-        report.rule_counts = counts
+            try:
+                report.results[family] = backend.sync(self.mode.rules(self.renderer, view, family), full)
+            except SyncError as err:
+                raise FamilySyncError(family, err) from err
+            report.rule_counts[family] = self.mode.rule_counts(backend)
+            report.rules_written[family] = self.mode.rules_written(backend)
+            started = time.monotonic()
+            report.stale_flows[family] = self.cleaners[family].clean(view)
+            report.conntrack_seconds[family] = time.monotonic() - started
         if not self._other_mode_cleaned:
             self._clean_other_modes()
         return report
@@ -97,6 +149,19 @@ def localhost_node_ports_served(config: ProxyConfig) -> bool:
     entries = node_port_networks(config, 4)
     loopback = ipaddress.ip_address("127.0.0.1")
     return entries is None or any(e != "primary" and loopback in e for e in entries)
+
+
+def interface_ips() -> tuple | None:
+    """The addresses on this namespace's interfaces, where nodePortAddresses' CIDRs are matched
+    (kube-proxy reads them every sync too); None when they cannot be read."""
+    from .netlink.route import Netlink, NetlinkError
+
+    try:
+        with Netlink() as nl:
+            return tuple(iface.ip for iface in nl.addresses())
+    except (NetlinkError, OSError) as err:
+        log.warning("cannot list this node's addresses (NodePorts follow the Node's): %s", err)
+        return None
 
 
 def _enable_route_localnet() -> None:

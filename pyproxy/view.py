@@ -144,12 +144,20 @@ class NodeView:
     pod_cidrs: tuple[IPNetwork, ...]
     ports: tuple[ServicePortView, ...]
     deleting: bool = False
+    # the addresses on this node's interfaces, where nodePortAddresses' CIDRs are matched (as
+    # kube-proxy matches them); None where they cannot be read (dump, trace): the Node's and loopback
+    interface_ips: tuple[IPAddress, ...] | None = None
 
     def family(self, family: int) -> tuple[ServicePortView, ...]:
         return tuple(p for p in self.ports if p.family == family)
 
     def node_ips_of(self, family: int) -> tuple[IPAddress, ...]:
         return tuple(ip for ip in self.node_ips if ip.version == family)
+
+    def interface_ips_of(self, family: int) -> tuple[IPAddress, ...]:
+        if self.interface_ips is None:
+            return self.node_ips_of(family) + (ipaddress.ip_address("127.0.0.1" if family == 4 else "::1"),)
+        return tuple(ip for ip in self.interface_ips if ip.version == family)
 
 
 def source_ranges_admit_node(sp: ServicePortView, node_ips: Iterable[IPAddress]) -> bool:
@@ -281,8 +289,8 @@ def node_addresses(node: Node | None, extra: Iterable[IPAddress] = ()) -> tuple[
 
 
 def build_view(cluster: Cluster, node_name: str, proxy_name: str = "",
-               local_addresses: Iterable[IPAddress] = ()) -> NodeView:
-    return ViewBuilder(node_name, proxy_name).build(cluster, local_addresses)
+               local_addresses: Iterable[IPAddress] = (), primary_ip: str = "") -> NodeView:
+    return ViewBuilder(node_name, proxy_name, primary_ip).build(cluster, local_addresses)
 
 
 class ViewBuilder:
@@ -293,9 +301,11 @@ class ViewBuilder:
     of a build is a walk of identity checks. Still pure: the memo only ever returns what the
     computation would."""
 
-    def __init__(self, node_name: str, proxy_name: str = "") -> None:
+    def __init__(self, node_name: str, proxy_name: str = "", primary_ip: str = "") -> None:
         self.node_name = node_name
         self.proxy_name = proxy_name
+        # kube-proxy's bindAddress: this address is the node's primary IP, before the Node's own
+        self.primary_ip = (ipaddress.ip_address(primary_ip),) if primary_ip else ()
         self._node: Node | None = None
         self._reset()
 
@@ -336,7 +346,8 @@ class ViewBuilder:
                     self._members.pop(service, None)
         return touched
 
-    def build(self, cluster: Cluster, local_addresses: Iterable[IPAddress] = ()) -> NodeView:
+    def build(self, cluster: Cluster, local_addresses: Iterable[IPAddress] = (),
+              interface_ips: tuple[IPAddress, ...] | None = None) -> NodeView:
         node = cluster.nodes.get(self.node_name)
         if node != self._node:  # topology and locality depend on the node: start over
             self._node = node
@@ -360,42 +371,55 @@ class ViewBuilder:
             memo[key] = (svc, views)
             ports.extend(views)
         self._memo = memo
-        return NodeView(self.node_name, node_addresses(node, local_addresses), node.pod_cidrs if node else (),
-                        tuple(ports), deleting=bool(node and node.deleting))
+        node_ips = node_addresses(node, local_addresses)
+        if self.primary_ip:
+            node_ips = self.primary_ip + tuple(ip for ip in node_ips if ip not in self.primary_ip)
+        return NodeView(self.node_name, node_ips, node.pod_cidrs if node else (),
+                        tuple(ports), deleting=bool(node and node.deleting), interface_ips=interface_ips)
+
+
+LOOPBACK = {4: ipaddress.ip_network("127.0.0.0/8"), 6: ipaddress.ip_network("::1/128")}
+EVERY = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
 
 
 def node_port_networks(config: ProxyConfig, family: int) -> list[IPNetwork | str] | None:
-    """kube-proxy's NodePortAddresses for one family: its CIDRs (and "primary", the node's first
-    address of each family), or None for every local address (MatchAll): nodePortAddresses
-    unset, without an entry of this family, or holding 0.0.0.0/0 (::/0)."""
-    entries = [e if e == "primary" else ipaddress.ip_network(e) for e in config.node_port_addresses]
-    entries = [e for e in entries if e == "primary" or e.version == family]
+    """kube-proxy's NodePortAddresses for one family: its CIDRs (the keywords expanded as
+    kube-proxy's expandNodePortAddressKeywords does: `primary` the node's first address of each
+    family, `localhost` the loopback CIDRs, `all` the zero CIDRs), or None for every local
+    address (MatchAll): nodePortAddresses unset, without an entry of this family, or holding a
+    zero CIDR."""
+    entries: list[IPNetwork | str] = []
+    for e in config.node_port_addresses:
+        if e == "primary":
+            entries.append(e)
+        elif e in ("localhost", "all"):
+            entries.append((LOOPBACK if e == "localhost" else EVERY)[family])
+        else:
+            network = ipaddress.ip_network(e)
+            if network.version == family:
+                entries.append(network)
     if not entries or any(e != "primary" and e.prefixlen == 0 for e in entries):
         return None
     return entries
 
 
 def node_port_ips(view: NodeView, config: ProxyConfig, family: int) -> list | None:
-    """The node addresses NodePorts answer on, or None for every local address (see
-    node_port_networks). Loopback only in iptables mode with localhostNodePorts (nftables mode
-    never accepts it)."""
+    """The addresses NodePorts answer on, or None for every local address (see
+    node_port_networks): the node's interface addresses inside those CIDRs, as kube-proxy's
+    GetNodeIPs, and `primary` the Node's first address of the family. Loopback only in iptables
+    mode with localhostNodePorts (nftables mode never accepts it)."""
     entries = node_port_networks(config, family)
     if entries is None:
         return None
     loopback_ok = family == 4 and config.localhost_node_ports and config.mode == "iptables"
     node_ips = view.node_ips_of(family)
+    primary = node_ips[0] if node_ips and not node_ips[0].is_loopback else None
     ips = []
-    for ip in node_ips:
-        for entry in entries:
-            if entry == "primary":
-                if ip == node_ips[0]:
-                    ips.append(ip)
-                    break
-            elif ip in entry:
-                if ip.is_loopback and not loopback_ok:
-                    continue
-                ips.append(ip)
-                break
+    for ip in view.interface_ips_of(family):
+        if ip in ips or (ip.is_loopback and not loopback_ok):
+            continue
+        if any(ip == primary if e == "primary" else ip in e for e in entries):
+            ips.append(ip)
     return ips
 
 

@@ -67,3 +67,11 @@ def namespaces():
     ns = Namespaces()
     yield ns
     ns.cleanup()
+
+
+@pytest.fixture(scope="module")
+def scratch_namespace():
+    """One empty network namespace for a whole module (its lo up), deleted after it."""
+    ns = Namespaces()
+    yield ns.new("scratch")
+    ns.cleanup()

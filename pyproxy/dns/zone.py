@@ -20,6 +20,7 @@ NODATA when the name exists with other types, both with the zone SOA in the auth
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import dns.flags
@@ -46,9 +47,10 @@ class Entry:
     additional: list[dns.rrset.RRset] = field(default_factory=list)
 
 
-class BoundedCache(dict):
-    """A dict that forgets its oldest entry once it holds `limit` (insertion order, O(1)): memory
-    stays bounded whatever names clients ask for."""
+class BoundedCache(OrderedDict):
+    """A dict that forgets its oldest entry once it holds `limit` (insertion order): memory stays
+    bounded whatever names clients ask for. An OrderedDict: a plain dict finds its oldest key by
+    scanning past the slots of every key deleted since its last resize (7x slower per insert)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__()
@@ -56,7 +58,7 @@ class BoundedCache(dict):
 
     def __setitem__(self, key, value) -> None:
         if len(self) >= self.limit and key not in self:
-            del self[next(iter(self))]
+            self.popitem(last=False)
         super().__setitem__(key, value)
 
 
@@ -79,11 +81,20 @@ class Zone:
     wire_cache: dict = field(init=False)
     _negative: BoundedCache = field(init=False)
     negative_wire: BoundedCache = field(init=False)
+    # every in-zone name with a record below it (empty non-terminals among them): a name that
+    # does not exist is told from an empty non-terminal with one lookup, not a scan of the zone
+    _interior: set[dns.name.Name] = field(init=False)
 
     def __post_init__(self) -> None:
         room = 8 * (len(self.records) + 1024)
         self._cache, self.wire_cache = BoundedCache(room), BoundedCache(2 * room)
         self._negative, self.negative_wire = BoundedCache(NEGATIVE_CACHE_ENTRIES), BoundedCache(NEGATIVE_CACHE_ENTRIES)
+        self._interior = set()
+        for name in self.records:
+            if name.is_subdomain(self.origin):
+                while name != self.origin:
+                    name = name.parent()
+                    self._interior.add(name)
 
     def wire_cache_for(self, qname_wire: bytes) -> dict:
         """Where the answer for this lowercased wire name is kept."""
@@ -113,7 +124,7 @@ class Zone:
             return None
         types = self.records.get(name)
         if types is None:
-            exists = in_zone and any(n.is_subdomain(name) for n in self.records)  # an empty non-terminal
+            exists = in_zone and name in self._interior  # an empty non-terminal
             return Entry(dns.rcode.NOERROR if exists else dns.rcode.NXDOMAIN, authority=[self.soa])
         answer = []
         if rdtype == dns.rdatatype.ANY:

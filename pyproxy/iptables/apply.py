@@ -90,6 +90,7 @@ class IptablesBackend:
         self._services: dict[str, ServiceRules] | None = None  # what the kernel holds, by service port
         self._shared: dict[tuple[str, str], list[str]] = {}
         self.last_ruleset: Ruleset | None = None  # what the last successful sync applied
+        self.last_rules_written: dict[str, int] = {}  # table -> rules the last sync wrote
 
     @functools.cached_property
     def variant(self) -> str:
@@ -127,11 +128,12 @@ class IptablesBackend:
         parse on the other core while Python is still rendering."""
         cmd = [self.restore_tool, "--wait", *(["--noflush"] if noflush else [])]
         written = 0
+        rules = self.last_rules_written  # table -> "-A" lines written this sync, counted as they stream by
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
             assert proc.stdin is not None
             try:
-                for batch in _batches(lines, 4096):
+                for batch in _batches(_counted(lines, rules), 4096):
                     data = batch.encode()
                     proc.stdin.write(data)
                     written += len(data)
@@ -155,6 +157,7 @@ class IptablesBackend:
     def sync(self, rules: Ruleset | LazyRuleset, full: bool = False) -> SyncResult:
         """Apply a Ruleset, or a LazyRuleset (rendered while restore reads it, on full syncs)."""
         start = time.monotonic()
+        self.last_rules_written = {}
         full = full or self.needs_full_sync()
         lazy = Prerendered(rules) if isinstance(rules, Ruleset) else rules
         try:
@@ -338,6 +341,18 @@ class IptablesBackend:
             self.restore(parts)
         self._services = None
         return removed
+
+
+def _counted(lines: Iterable[str], rules: dict[str, int]) -> Iterator[str]:
+    """The lines, counting the rules ("-A") of each table ("*nat") in `rules` on the way."""
+    table = ""
+    for line in lines:
+        if line.startswith("-A"):
+            rules[table] = rules.get(table, 0) + 1
+        elif line.startswith("*"):
+            table = line[1:]
+            rules.setdefault(table, 0)
+        yield line
 
 
 def _batches(lines: Iterable[str], size: int) -> Iterator[str]:

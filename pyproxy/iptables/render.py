@@ -317,12 +317,13 @@ class Ruleset:
     def restore_text(self) -> str:
         return self.table_text("filter") + self.table_text("nat")
 
-    def dump_text(self) -> str:
+    def dump_lines(self) -> Iterator[str]:
         """What iptables-save would list of ours: the jumps from built-in chains, then our chains."""
-        out = []
         for table in ("filter", "nat"):
-            out.extend(self.table_lines(table, extra_rules=self.jump_rules(table)))
-        return "\n".join(out) + "\n"
+            yield from self.table_lines(table, extra_rules=self.jump_rules(table))
+
+    def dump_text(self) -> str:
+        return "\n".join(self.dump_lines()) + "\n"
 
     def jump_rules(self, table: str) -> list[str]:
         """The jumps as `-A` rules, in the order they end up in the built-in chains (each is

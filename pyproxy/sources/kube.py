@@ -71,14 +71,16 @@ def proxy_label_selector(proxy_name: str = "") -> str:
 class KubeClient:
     """Raw JSON GETs over the official client's configuration, auth and connection pool."""
 
-    def __init__(self, kubeconfig: str | None = None, connect_timeout: float = 5.0) -> None:
+    def __init__(self, kubeconfig: str | None = None, connect_timeout: float = 5.0, master: str = "") -> None:
         from kubernetes import client, config  # the only place the client is imported
 
         cfg = client.Configuration()
         if kubeconfig:
             config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        else:
+        elif not master:
             config.load_incluster_config(client_configuration=cfg)
+        if master:  # kube-proxy's --master: this API server, over the kubeconfig's (or alone)
+            cfg.host = master.rstrip("/")
         self.api = client.ApiClient(cfg)
         self.connect_timeout = connect_timeout
 

@@ -23,6 +23,9 @@ class Store:
     version: int = 0  # bumped by every change
     service_changes: int = 0
     endpoint_changes: int = 0
+    # services and slices changed since the sync loop last took them (kube-proxy's *_pending gauges)
+    pending: dict[str, set[str]] = field(default_factory=lambda: {"Service": set(), "EndpointSlice": set()})
+    stopping: bool = False  # set by wake(): waits return at once
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
@@ -42,18 +45,35 @@ class Store:
         else:
             table[key] = obj
         self.version += 1
+        if kind in self.pending:
+            self.pending[kind].add(key)
         if kind == "Service":
             self.service_changes += 1
         elif kind == "EndpointSlice":
             self.endpoint_changes += 1
         return True
 
-    def snapshot(self) -> tuple[Cluster, int]:
+    def snapshot(self, take_pending: bool = False) -> tuple[Cluster, int]:
+        """A copy of the state and its version; `take_pending`: the sync loop takes the pending
+        changes with it (they count as pending no more)."""
         with self.lock:
             c = self.cluster
+            if take_pending:
+                for keys in self.pending.values():
+                    keys.clear()
             return Cluster(dict(c.services), dict(c.slices), dict(c.nodes), list(c.errors)), self.version
+
+    def pending_counts(self) -> tuple[int, int]:
+        """(services, EndpointSlices) changed and not yet taken by a sync."""
+        with self.lock:
+            return len(self.pending["Service"]), len(self.pending["EndpointSlice"])
 
     def wait_for_change(self, version: int, timeout: float) -> None:
         with self.changed:
-            if self.version == version:
-                self.changed.wait(timeout)
+            self.changed.wait_for(lambda: self.version != version or self.stopping, timeout)
+
+    def wake(self) -> None:
+        """End every wait for good (the daemon is stopping)."""
+        with self.changed:
+            self.stopping = True
+            self.changed.notify_all()

@@ -35,8 +35,8 @@ def pair(request):
         kp, py = lab.add_shadow("kp"), lab.add_shadow("py")
         start_kube_proxy(lab, "n1", kp, variant=variant,
                          iptables={"masqueradeBit": 14, "minSyncPeriod": "100ms", "syncPeriod": "30s"})
-        start_pyproxy(lab, "n1", kube, config, "--iptables-variant", variant, "--family", "dual" if dual else "4",
-                      netns_name=py)
+        # no --family: pyproxy serves the families the Node has, as it does from daemonset.yaml
+        start_pyproxy(lab, "n1", kube, config, "--iptables-variant", variant, netns_name=py)
         yield lab, variant, kp, py, dual
     finally:
         lab.down()
@@ -83,6 +83,7 @@ def test_the_same_iptables_rules_as_kube_proxy(pair, case):
         assert a == b, f"case {case}, iptables-{variant}{' dual-stack' if dual else ''}:\n{diff}\n--- pyproxy log tail:\n" \
                        + proxy_log(lab, f"pyproxy-n1@{py}")[-1500:]
         assert any("KUBE-SVC-" in line for line in a), "the case programmed services at all"
+        assert ("dual-stack: node n1" if dual else "single-stack: node n1") in proxy_log(lab, f"pyproxy-n1@{py}")
         if dual and case != "lab-suite":
             v6 = a[a.index("# IPv6"):]
             assert any("-d fd00:10:96::" in line for line in v6), "IPv6 services were programmed"

@@ -253,3 +253,32 @@ def test_events_on_the_node_as_kube_proxy_records_them(lab):
     (failed,) = node_events("FailedToStartProxierHealthcheck", "n1")
     assert failed["type"] == "Warning" and "0.0.0.0:10256" in failed["message"]
     eventually(lambda: "synced ipv4" in proxy_log(lab, "pyproxy-n1@" + ns), 15)  # it runs on without healthz
+
+
+def test_read_only_sys_is_a_warning_event_not_a_crash(lab):
+    """In a container whose /sys is read-only kube-proxy cannot raise the conntrack limits: it
+    records a `readOnlySysFS` warning on the Node and runs on. pyproxy started in a mount
+    namespace of its own with /sys remounted read-only (nothing outside that namespace changes)."""
+    import sys
+
+    from pyproxy.lab.controlplane import start_process
+    from pyproxy.nodesetup import READ_ONLY_SYSFS_NOTE
+
+    ns = lab.add_shadow("rosys")
+    kube, config = lab.kube_credentials
+    pyproxy = os.path.join(os.path.dirname(sys.executable), "pyproxy")
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -o remount,bind,ro /sys && exec "$@"', "sh",
+            pyproxy, "run", "--kubeconfig", kube, "--config", config, "--node", "n2", "--healthz-bind-address", "",
+            "--metrics-bind-address", ""]
+    name = "pyproxy-n2@rosys"
+    lab.processes.add(start_process(name, argv, ns, os.path.join(lab.dir, "proxies", f"{name}.log")))
+
+    def warnings() -> list[dict]:
+        return [e for e in lab.cp.api.list("Event", "default")
+                if e.get("reason") == "readOnlySysFS" and e.get("involvedObject", {}).get("name") == "n2"]
+    eventually(lambda: warnings(), 15)
+    (event,) = warnings()
+    assert (event["type"], event["action"], event["message"]) == ("Warning", "StartKubeProxy", READ_ONLY_SYSFS_NOTE)
+    eventually(lambda: "synced ipv4" in proxy_log(lab, name), 15)  # and it runs on
+    assert "Traceback" not in proxy_log(lab, name)

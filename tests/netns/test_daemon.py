@@ -145,12 +145,14 @@ def test_health_metrics_and_health_check_node_port(env):
     code, _, body = env.http(10256, "/healthz")
     assert code == 200 and body["nodeEligible"] is True and "lastUpdated" in body and "currentTime" in body
     code, _, body = env.http(10256, "/livez")
-    assert code == 200 and set(body) == {"lastUpdated", "currentTime"}
+    assert code == 200 and set(body) == {"lastUpdated", "currentTime", "healthy", "status"}  # kube-proxy's fields
+    assert body["status"]["IPv4"]["healthy"] is True
     _, _, text = env.http(10249, "/metrics")
     for name in ("kubeproxy_sync_proxy_rules_duration_seconds_bucket", "kubeproxy_sync_partial_proxy_rules_duration_seconds",
                  "kubeproxy_network_programming_duration_seconds_count", "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-                 "kubeproxy_sync_proxy_rules_endpoint_changes_total", 'kubeproxy_sync_proxy_rules_iptables_total{table="nat"}',
-                 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"} 1.0',
+                 "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+                 'kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}',
+                 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="external"} 1.0',
                  'kubeproxy_proxy_healthz_total{code="200"}'):
         assert name in text, name
     api.delete("EndpointSlice", "default", "local-lab")

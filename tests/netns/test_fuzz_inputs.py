@@ -9,7 +9,6 @@ import copy
 import os
 import subprocess
 
-import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -55,21 +54,13 @@ def mutate(objects, index, path, value):
     return out
 
 
-@pytest.fixture(scope="module")
-def scratch():
-    name = f"pxt-fuzz-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    yield name
-    subprocess.run(["ip", "netns", "del", name], check=False)
-
-
 def accepted(ns: str, argv: list[str], text: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", ns, *argv], input=text, capture_output=True, text=True)
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(target=st.sampled_from(ALL_PATHS), value=NASTY)
-def test_a_mutated_cluster_still_renders_what_the_kernel_accepts(scratch, target, value):
+def test_a_mutated_cluster_still_renders_what_the_kernel_accepts(scratch_namespace, target, value):
     index, path = target
     objects = mutate(CLUSTER, index, path, value)
     cluster = parse_objects(objects)  # never raises: bad objects become errors
@@ -81,10 +72,10 @@ def test_a_mutated_cluster_still_renders_what_the_kernel_accepts(scratch, target
     for family in (4, 6):
         text = render_iptables(view, config, family).restore_text()
         tool = "iptables-legacy-restore" if family == 4 else "ip6tables-legacy-restore"
-        result = accepted(scratch, [tool, "--test"], text)
+        result = accepted(scratch_namespace, [tool, "--test"], text)
         assert result.returncode == 0, f"{tool} refused: {result.stderr}\nmutation {target} = {value!r}"
     script = render_nft(view, parse_config({"clusterCIDR": "10.0.0.0/8", "mode": "nftables"}), 4).script()
-    result = accepted(scratch, ["nft", "-c", "-f", "-"], script)
+    result = accepted(scratch_namespace, ["nft", "-c", "-f", "-"], script)
     assert result.returncode == 0, f"nft -c refused: {result.stderr[:500]}\nmutation {target} = {value!r}"
 
 

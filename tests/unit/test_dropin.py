@@ -109,19 +109,24 @@ def test_kube_proxy_command_line_from_the_kubeadm_daemonset(tmp_path):
     version = subprocess.run([PYPROXY, "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("pyproxy ")
     unknown = subprocess.run([PYPROXY, "run", "--masquerade-bitz=3"], capture_output=True, text=True)
-    assert unknown.returncode == 2 and "No such option '--masquerade-bitz'" in unknown.stderr
+    assert (unknown.returncode, unknown.stderr) == (1, "Error: unknown flag: --masquerade-bitz\n"), "kube-proxy's words"
+
+
+def node_port_cluster(tmp_path, *addresses: tuple[str, str]):
+    """A manifests file: Node n1 with these (type, address) pairs, and a NodePort service."""
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+         "status": {"addresses": [{"type": kind, "address": ip} for kind, ip in addresses]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "ns", "name": "web"},
+         "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "ports": [{"port": 80, "nodePort": 30080}]}}]))
+    return path
 
 
 def test_node_port_addresses_default_to_primary_only_in_nftables_mode(tmp_path):
     """kube-proxy's platformApplyDefaults: an unset nodePortAddresses means `primary` in nftables
     mode (decided once the mode is final, --proxy-mode included), every address otherwise."""
-    manifests = tmp_path / "cluster.yaml"
-    manifests.write_text(yaml.safe_dump_all([
-        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
-         "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.11"},
-                                  {"type": "ExternalIP", "address": "192.0.2.1"}]}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "ns", "name": "web"},
-         "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "ports": [{"port": 80, "nodePort": 30080}]}}]))
+    manifests = node_port_cluster(tmp_path, ("InternalIP", "172.18.0.11"), ("ExternalIP", "192.0.2.1"))
 
     def dumped(mode):
         out = subprocess.run([PYPROXY, "dump", "-f", str(manifests), "--node", "n1", "--backend", mode],
@@ -130,3 +135,51 @@ def test_node_port_addresses_default_to_primary_only_in_nftables_mode(tmp_path):
         return out.stdout
     assert "set nodeport-ips { type ipv4_addr; elements = { 172.18.0.11 }; }" in dumped("nftables")
     assert "-m addrtype --dst-type LOCAL" in dumped("iptables")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="remounting /sys in a mount namespace needs root")
+def test_a_read_only_sys_is_seen_as_kube_proxy_sees_it():
+    """kube-proxy's readOnlySysFS check, on a real read-only /sys (a private mount namespace)."""
+    probe = ("from pyproxy.config import ProxyConfig; from pyproxy.nodesetup import conntrack_limits_blocked as b; "
+             "print(b(ProxyConfig()), b(ProxyConfig(conntrack_max_per_core=0)))")
+    ro = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                         f'mount -o remount,bind,ro /sys && exec "{sys.executable}" -c "{probe}"'],
+                        capture_output=True, text=True, check=True).stdout.split()
+    rw = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert ro == ["True", "False"], "read-only /sys: the limits are blocked unless maxPerCore is 0"
+    assert rw == ["False", "False"]
+
+
+@pytest.mark.parametrize("addresses, pod_cidr, families", [
+    ((), None, (4,)),                               # no Node yet: IPv4, as kube-proxy's default
+    (("10.0.0.1",), "10.244.1.0/24", (4,)),          # single stack: no IPv6 rules at all
+    (("fd00::1",), "fd00:244::/64", (6,)),           # IPv6-only node
+])
+def test_families_follow_the_node(addresses, pod_cidr, families):
+    """`pyproxy run` without --family (daemonset.yaml's way) serves the families the Node has;
+    the dual-stack case (which probes the kernel) runs against kube-proxy in tests/k8s."""
+    from pyproxy.config import ProxyConfig
+    from pyproxy.model.cluster import Cluster
+    from pyproxy.model.parse import parse_object
+    from pyproxy.proxier import Proxier
+    from tests.factories import node
+
+    cluster = Cluster()
+    if addresses:
+        cluster.add(parse_object(node("n1", *addresses, pod_cidr=pod_cidr)))
+    assert Proxier("n1", ProxyConfig(), families=None).auto_families(cluster) == families
+
+
+def test_bind_address_is_the_primary_node_ip(tmp_path):
+    """kube-proxy's bindAddress: a specific address is the node's primary IP, so `primary`
+    nodePortAddresses mean it (and not the Node's first address)."""
+    manifests = node_port_cluster(tmp_path, ("InternalIP", "172.18.0.11"), ("InternalIP", "172.18.0.12"))
+    config = tmp_path / "config.yaml"
+    config.write_text("mode: nftables\nbindAddress: 172.18.0.12\n")
+    out = subprocess.run([PYPROXY, "dump", "-f", str(manifests), "--node", "n1", "--config", str(config)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "set nodeport-ips { type ipv4_addr; elements = { 172.18.0.12 }; }" in out.stdout
+    assert parse_config({"bindAddress": "0.0.0.0"}).bind_address == "", "the unspecified address is no override"
+    with pytest.raises(ConfigError, match="bindAddress"):
+        parse_config({"bindAddress": "node-1"})

@@ -15,6 +15,7 @@ def test_an_unexpected_error_is_logged_once_and_reported_by_healthz(tmp_path, mo
     path.write_text("apiVersion: v1\nkind: List\nitems: []\n")
     source = file_source.FileSource(str(path))
     health = ProxyHealth(30)
+    health.node_eligible = True  # the Node is there: only the source can fail /healthz here
     health.source_failing = lambda: source.failing
     real = file_source.load_manifests
     monkeypatch.setattr(file_source, "load_manifests", lambda p: (_ for _ in ()).throw(MemoryError("boom")))

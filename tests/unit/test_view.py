@@ -279,14 +279,15 @@ def test_view(objs, node_name, proxy, family, ports, deleting, expected):
 # --- nodePortAddresses: which of this node's addresses accept NodePorts
 ALL = "every local address"
 NODE_ADDRESSES = ("172.18.0.11", "192.0.2.1", "fd00:18::11", "2001:db8::1")
+INTERFACE_ONLY = ("10.99.0.5",)  # on a second interface, not in the Node object
 
 
 def nodeport_destinations(config, family):
     """What every backend accepts NodePorts on: with nodePortAddresses unset, one match-all rule
     (kube-proxy's MatchAll: `-m addrtype --dst-type LOCAL`, `fib daddr type local`); otherwise
     the addresses node_port_ips picks."""
-    view = build_view(cluster(node("node-a", addresses=NODE_ADDRESSES)), "node-a",
-                      local_addresses=_ips(["127.0.0.1", "::1"]))
+    view = ViewBuilder("node-a").build(cluster(node("node-a", addresses=NODE_ADDRESSES)),
+                                       interface_ips=_ips([*NODE_ADDRESSES, *INTERFACE_ONLY, "127.0.0.1", "::1"]))
     chosen = node_port_ips(view, config, family)
     return ALL if chosen is None else " ".join(sorted(str(ip) for ip in chosen))
 
@@ -311,6 +312,15 @@ NODE_PORT_CASES = [
     ("IPv6 loopback never accepts NodePorts", {"nodePortAddresses": ["::1/128", "fd00:18::/64"]}, 6, "fd00:18::11", ""),
     ("nftables mode never accepts NodePorts on loopback",
      {"mode": "nftables", "nodePortAddresses": ["127.0.0.0/8", "172.18.0.0/24"]}, 4, "172.18.0.11", ""),
+    ("CIDRs match the node's interface addresses, not only the Node object's",
+     {"nodePortAddresses": ["10.99.0.0/16"]}, 4, "10.99.0.5", ""),
+    ("localhost: the loopback CIDRs (iptables, localhostNodePorts)",
+     {"nodePortAddresses": ["localhost", "172.18.0.0/24"]}, 4, "127.0.0.1 172.18.0.11", ""),
+    ("localhost in IPv6: ::1 never accepts NodePorts", {"nodePortAddresses": ["localhost", "fd00:18::/64"]}, 6,
+     "fd00:18::11", ""),
+    ("localhost alone in nftables mode: no NodePort address at all",
+     {"mode": "nftables", "nodePortAddresses": ["localhost"]}, 4, "", ""),
+    ("all: the zero CIDRs, every local address", {"nodePortAddresses": ["all", "172.18.0.0/24"]}, 4, ALL, ""),
 ]
 
 
