@@ -396,7 +396,7 @@ def run(ctx, path, kubeconfig, node, config_path, backend, family, cluster_cidr,
     from .daemon import Daemon, node_name
     from .proxier import Proxier
 
-    from .kubeproxyflags import FlagError
+    from .kubeproxyflags import FlagError, is_logging_flag
     from .kubeproxyflags import parse as parse_flags
 
     try:
@@ -410,7 +410,10 @@ def run(ctx, path, kubeconfig, node, config_path, backend, family, cluster_cidr,
     try:
         if config_path:
             config = load_config(config_path)
-            ignored = [f"--{name}" for name in given if name != "master"]
+            ignored = [f"--{name}" for name in given if name != "master" and not is_logging_flag(name)]
+            if "logging-format" in given:  # kube-proxy's copyLogsFromFlags: logging flags win over the file
+                config = config.with_overrides(log_format=parse_config({"logging": {"format": given["logging-format"]}})
+                                               .log_format)
             if ignored:  # kube-proxy: the file wins over every flag but logging and --hostname-override
                 click.echo(f"warning: {', '.join(ignored)} ignored: the --config file wins, as in kube-proxy", err=True)
         else:
@@ -429,6 +432,11 @@ def run(ctx, path, kubeconfig, node, config_path, backend, family, cluster_cidr,
     level = max(klog_v or 0, config.verbosity, 4 if verbose > 1 else 0)
     logging.basicConfig(level=logging.DEBUG if level >= 4 else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if config.log_format == "json":
+        from .logjson import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     name = node_name(node, config)
     if write_config_to:
         from .config import effective_config

@@ -168,3 +168,8 @@ def _set(tree: dict[str, Any], path: str, value: Any) -> None:
     for key in parents:
         tree = tree.setdefault(key, {})
     tree[leaf] = value
+
+
+def is_logging_flag(name: str) -> bool:
+    """component-base's logging flags, which kube-proxy applies over a --config file too."""
+    return name in ("v", "vmodule", "logging-format", "log-flush-frequency") or name.startswith(("log-json-", "log-text-"))

@@ -183,3 +183,23 @@ def test_bind_address_is_the_primary_node_ip(tmp_path):
     assert parse_config({"bindAddress": "0.0.0.0"}).bind_address == "", "the unspecified address is no override"
     with pytest.raises(ConfigError, match="bindAddress"):
         parse_config({"bindAddress": "node-1"})
+
+
+def test_json_logging_as_kube_proxy_writes_it(tmp_path):
+    """logging.format json (or --logging-format=json, which wins over the file as kube-proxy's
+    logging flags do): one compact JSON object per line, ts in milliseconds, caller, msg, v."""
+    import json
+
+    from pyproxy import netns
+
+    config = tmp_path / "config.yaml"
+    config.write_text("logging: {format: text}\n")
+    empty = tmp_path / "cluster.yaml"
+    empty.write_text("apiVersion: v1\nkind: List\nitems: []\n")
+    with netns.scratch():  # one real sync, in a namespace of its own
+        proc = subprocess.run([PYPROXY, "run", f"--config={config}", "--logging-format=json", "--once", "-f", str(empty),
+                               "--iptables-variant", "legacy"], capture_output=True, text=True, timeout=30)
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert lines and all(set(line) in ({"ts", "caller", "msg", "v"}, {"ts", "caller", "msg", "err"}) for line in lines)
+    assert lines[0]["ts"] > 1e12 and ".py:" in lines[0]["caller"], lines[0]
+    assert "ignored" not in proc.stderr, "a logging flag is not overridden by --config"
