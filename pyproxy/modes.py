@@ -179,7 +179,7 @@ class NftablesMode(Mode):
 
         chosen = node_port_ips(view, config, family)
         chosen = [str(ip) for ip in chosen] if chosen is not None else None
-        return NftTracer(ruleset, [str(ip) for ip in view.node_ips_of(family)], chosen)
+        return NftTracer(ruleset, [str(ip) for ip in view.node_ips_of(family)], chosen, view.service_ranges_of(family))
 
     def clean_leftovers(self, families, config, running):
         from .nftables.apply import NftablesBackend

@@ -147,6 +147,10 @@ class NodeView:
     # the addresses on this node's interfaces, where nodePortAddresses' CIDRs are matched (as
     # kube-proxy matches them); None where they cannot be read (dump, trace): the Node's and loopback
     interface_ips: tuple[IPAddress, ...] | None = None
+    service_ranges: tuple[IPNetwork, ...] = ()  # the ServiceCIDRs' ranges, both families
+
+    def service_ranges_of(self, family: int) -> tuple[IPNetwork, ...]:
+        return tuple(c for c in self.service_ranges if c.version == family)
 
     def family(self, family: int) -> tuple[ServicePortView, ...]:
         return tuple(p for p in self.ports if p.family == family)
@@ -375,7 +379,8 @@ class ViewBuilder:
         if self.primary_ip:
             node_ips = self.primary_ip + tuple(ip for ip in node_ips if ip not in self.primary_ip)
         return NodeView(self.node_name, node_ips, node.pod_cidrs if node else (),
-                        tuple(ports), deleting=bool(node and node.deleting), interface_ips=interface_ips)
+                        tuple(ports), deleting=bool(node and node.deleting), interface_ips=interface_ips,
+                        service_ranges=cluster.service_ranges(4) + cluster.service_ranges(6))
 
 
 LOOPBACK = {4: ipaddress.ip_network("127.0.0.0/8"), 6: ipaddress.ip_network("::1/128")}

@@ -23,6 +23,7 @@ from .types import (
     IPAddress,
     Node,
     Service,
+    ServiceCIDR,
     ServicePort,
 )
 
@@ -91,7 +92,7 @@ class _Reader:
 
 # The name rule the API server applies to each kind's metadata.name.
 NAME_RULES = {"Service": names.dns1035_label, "EndpointSlice": names.dns1123_subdomain,
-              "Node": names.dns1123_subdomain}
+              "Node": names.dns1123_subdomain, "ServiceCIDR": names.dns1123_subdomain}
 
 
 def _name(meta: Any, kind: str) -> str:
@@ -289,10 +290,24 @@ def parse_node(raw: dict) -> Node:
                 deleting=bool(meta.get("deletionTimestamp")) or leaving)
 
 
-PARSERS = {"Service": parse_service, "EndpointSlice": parse_endpoint_slice, "Node": parse_node}
+def parse_service_cidr(raw: dict) -> ServiceCIDR:
+    name = _name(raw.get("metadata"), "ServiceCIDR")
+    r = _Reader(f"ServiceCIDR {name}")
+    spec = r.get(raw, "", "spec", dict, {})
+    cidrs = []
+    for i, c in enumerate(r.get(spec, "spec", "cidrs", list, [])):
+        try:
+            cidrs.append(ipaddress.ip_network(c if isinstance(c, str) else ""))
+        except ValueError:
+            raise r.fail(f"spec.cidrs[{i}]", f"invalid CIDR {names.shown(c)}") from None
+    return ServiceCIDR(name, tuple(cidrs))
 
 
-def parse_object(raw: Any) -> Service | EndpointSlice | Node | None:
+PARSERS = {"Service": parse_service, "EndpointSlice": parse_endpoint_slice, "Node": parse_node,
+           "ServiceCIDR": parse_service_cidr}
+
+
+def parse_object(raw: Any) -> Service | EndpointSlice | Node | ServiceCIDR | None:
     if not isinstance(raw, dict):
         raise ValidationError("<document>", "", "expected a Kubernetes object")
     kind = raw.get("kind", "")

@@ -93,6 +93,14 @@ class EndpointSlice:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceCIDR:
+    """networking.k8s.io/v1 ServiceCIDR: ranges the API server allocates ClusterIPs from."""
+
+    name: str
+    cidrs: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
     name: str
     addresses: tuple[IPAddress, ...] = ()

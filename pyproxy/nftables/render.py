@@ -100,6 +100,10 @@ def static_part(config: ProxyConfig, view: NodeView, family: int) -> str:
     mark = config.masquerade_mark
     loopback = "127.0.0.0/8" if family == 4 else "::1"
     nodeport_ips = ""
+    ranges = view.service_ranges_of(family)
+    # kube-proxy: traffic to an address of a ServiceCIDR that no Service holds is dropped
+    unallocated = (f"{ip} daddr {{ {', '.join(map(str, ranges))} }} drop "
+                   'comment "Drop traffic to unallocated ClusterIPs"; ') if ranges else ""
     chosen = node_port_ips(view, config, family)
     if chosen is not None:
         nodeport_match = f"{ip} daddr @nodeport-ips"
@@ -139,7 +143,8 @@ def static_part(config: ProxyConfig, view: NodeView, family: int) -> str:
         f"\tchain service-endpoints-check {{ {ip} daddr . meta l4proto . th dport vmap @no-endpoint-services; }}",
         "\tchain nodeport-endpoints-check { "
         f"{nodeport_match} meta l4proto . th dport vmap @no-endpoint-nodeports; }}",
-        f'\tchain cluster-ips-check {{ {ip} daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"; }}',
+        f'\tchain cluster-ips-check {{ {ip} daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"; '
+        f"{unallocated}}}",
         f"\tchain masquerading {{ meta mark & {mark} == 0 return; meta mark set meta mark ^ {mark}; "
         "masquerade fully-random; }",
         f"\tchain mark-for-masquerade {{ meta mark set meta mark | {mark}; }}",

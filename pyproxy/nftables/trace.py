@@ -25,8 +25,10 @@ _DNAT = re.compile(r"dnat ip6? to (\[?[0-9a-fA-F.:]+\]?):(\d+)$")
 
 
 class NftTracer:
-    def __init__(self, ruleset: NftRuleset, node_ips: list[str], nodeport_ips: list[str] | None = None) -> None:
+    def __init__(self, ruleset: NftRuleset, node_ips: list[str], nodeport_ips: list[str] | None = None,
+                 service_ranges: tuple = ()) -> None:
         self.ip = "ip" if ruleset.family == 4 else "ip6"
+        self.service_ranges = service_ranges
         self.elements = ruleset.all_elements()
         self.chains = {name: rules for svc in ruleset.services.values() for name, rules in svc.chains.items()}
         self.node_ips = set(node_ips)
@@ -88,8 +90,12 @@ class NftTracer:
         outs = self._verdict_map(o, "no-endpoint-services", self._key(p), hook)
         if hook == "filter-input" and outs == [o]:
             outs = self._verdict_map(o, "no-endpoint-nodeports", f"{p.proto} . {p.dport}", hook)
-        if outs == [o] and p.dst in self.elements.get("cluster-ips", {}) and hook != "filter-input":
-            return [replace(o, verdict="REJECT", rules=o.rules + [f"{hook} cluster-ips-check: {p.dst} reject"])]
+        if outs == [o] and hook != "filter-input":
+            if p.dst in self.elements.get("cluster-ips", {}):
+                return [replace(o, verdict="REJECT", rules=o.rules + [f"{hook} cluster-ips-check: {p.dst} reject"])]
+            if any(ipaddress.ip_address(p.dst) in cidr for cidr in self.service_ranges):
+                return [replace(o, verdict="DROP", rules=o.rules + [
+                    f"{hook} cluster-ips-check: {p.dst} in a ServiceCIDR, no Service holds it: drop"])]
         return outs
 
     def _postrouting(self, o: Outcome) -> Outcome:

@@ -44,7 +44,8 @@ class FileSource:
                 log.warning("skipped: %s", error)
                 self.reported.add(error)
         with self.store.lock:
-            for kind, new in (("Service", cluster.services), ("EndpointSlice", cluster.slices), ("Node", cluster.nodes)):
+            for kind, new in (("Service", cluster.services), ("EndpointSlice", cluster.slices), ("Node", cluster.nodes),
+                              ("ServiceCIDR", cluster.service_cidrs)):
                 for key in [k for k in self.store.table(kind) if k not in new]:
                     self.store.set(kind, key, None)
                 for key, obj in new.items():

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..model.parse import ValidationError, parse_endpoint_slice, parse_node, parse_service
+from ..model.parse import ValidationError, parse_endpoint_slice, parse_node, parse_service, parse_service_cidr
 from ..model.types import SERVICE_PROXY_NAME_LABEL
 from .store import Store
 
@@ -40,6 +40,10 @@ class ApiError(Exception):
     pass
 
 
+class NotServed(ApiError):
+    """404 on a collection: this API server does not serve the resource (e.g. ServiceCIDRs before 1.33)."""
+
+
 class Forbidden(ApiError):
     """403: the credentials lack a permission (the ClusterRole); retrying will not help until it is granted."""
 
@@ -52,12 +56,15 @@ class Resource:
 
     def key(self, raw: dict) -> str:
         meta = raw.get("metadata") or {}
-        return f"{meta.get('namespace', '')}/{meta.get('name', '')}" if self.kind != "Node" else meta.get("name", "")
+        if self.kind in ("Node", "ServiceCIDR"):  # cluster-scoped
+            return meta.get("name", "")
+        return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
 SERVICES = Resource("Service", "/api/v1/services", parse_service)
 ENDPOINT_SLICES = Resource("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices", parse_endpoint_slice)
 NODES = Resource("Node", "/api/v1/nodes", parse_node)
+SERVICE_CIDRS = Resource("ServiceCIDR", "/apis/networking.k8s.io/v1/servicecidrs", parse_service_cidr)
 
 
 def proxy_label_selector(proxy_name: str = "") -> str:
@@ -95,7 +102,8 @@ class KubeClient:
             if status == 410:
                 raise Gone(str(err)) from None
             message = _status_message(getattr(err, "body", None)) or getattr(err, "reason", err)
-            raise (Forbidden if status == 403 else ApiError)(f"GET {path}: {status or ''} {message}") from None
+            kind = Forbidden if status == 403 else NotServed if status == 404 else ApiError
+            raise kind(f"GET {path}: {status or ''} {message}") from None
         return resp[0] if isinstance(resp, tuple) else resp
 
     def post(self, path: str, body: dict, timeout: float = 10.0) -> None:
@@ -116,6 +124,9 @@ def _status_message(body: Any) -> str:
         return str(json.loads(body).get("message", ""))[:300]
     except (TypeError, ValueError, AttributeError):
         return ""
+
+
+NOT_SERVED_RETRY = 300.0  # seconds between two asks for a resource the API server does not serve
 
 
 class Reflector:
@@ -249,6 +260,11 @@ class Reflector:
             except Gone as err:
                 log.info("%s watch expired (%s): relisting", self.resource.kind, err)
                 need_list = True
+            except NotServed as err:  # asked again now and then, quietly: an upgrade may bring it
+                if failures == 0:
+                    log.info("the API server does not serve %ss (%s): going on without them", self.resource.kind, err)
+                failures += 1
+                self.stopped.wait(NOT_SERVED_RETRY)
             except Exception as err:  # noqa: BLE001 - network and server faults: back off, retry
                 if self.stopped.is_set():
                     break
@@ -279,9 +295,10 @@ class KubeSource:
             Reflector(client, SERVICES, self.store, label_selector=selector, **reflector_options),
             Reflector(client, ENDPOINT_SLICES, self.store, label_selector=selector, **reflector_options),
         ]
-        if node_name:
+        if node_name:  # a proxy (not the DNS responder): its Node, and where ClusterIPs come from
             self.reflectors.append(Reflector(client, NODES, self.store, field_selector=f"metadata.name={node_name}",
                                              **reflector_options))
+            self.reflectors.append(Reflector(client, SERVICE_CIDRS, self.store, **reflector_options))
 
     def start(self) -> None:
         for r in self.reflectors:

@@ -32,7 +32,7 @@ class Store:
 
     def table(self, kind: str) -> dict[str, Any]:
         c = self.cluster
-        return {"Service": c.services, "EndpointSlice": c.slices, "Node": c.nodes}[kind]
+        return {"Service": c.services, "EndpointSlice": c.slices, "Node": c.nodes, "ServiceCIDR": c.service_cidrs}[kind]
 
     def set(self, kind: str, key: str, obj: Any) -> bool:
         """Store (or with None, remove) one object; the caller holds the lock. True if it changed."""
@@ -61,7 +61,8 @@ class Store:
             if take_pending:
                 for keys in self.pending.values():
                     keys.clear()
-            return Cluster(dict(c.services), dict(c.slices), dict(c.nodes), list(c.errors)), self.version
+            return Cluster(dict(c.services), dict(c.slices), dict(c.nodes), dict(c.service_cidrs),
+                           list(c.errors)), self.version
 
     def pending_counts(self) -> tuple[int, int]:
         """(services, EndpointSlices) changed and not yet taken by a sync."""

@@ -6,6 +6,9 @@ same set of pods with the same source addresses, or fail the same way."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
 
 from pyproxy.lab import Lab
@@ -45,7 +48,9 @@ def probes(lab):
             ("client-1", "10.96.0.13", 80, "tcp"), ("client-2", "10.96.0.13", 80, "tcp"),
             ("external", LB_IP, 80, "tcp"), ("external", LB_IP, 81, "tcp"),
             ("client-1", "10.96.0.16", 80, "tcp"), ("client-1", "10.96.0.17", 53, "udp"),
-            ("client-1", "10.96.0.10", 81, "tcp")]
+            ("client-1", "10.96.0.10", 81, "tcp"),
+            # no Service holds it, but it is in the API server's ServiceCIDR: dropped
+            ("client-1", UNALLOCATED, 80, "tcp"), ("n1", UNALLOCATED, 80, "tcp")]
 
 
 def outcome(lab, src, ip, port, proto, n=16) -> frozenset:
@@ -78,6 +83,23 @@ def lab():
         lab.down()
 
 
+UNALLOCATED = "10.96.200.200"
+
+
+def count_leaks(lab) -> None:
+    """A counter at the router in front of the cluster (the external namespace, the nodes'
+    default route) of packets for an address no Service holds: one that no proxy drops leaves
+    the cluster."""
+    script = ("table ip pxt-leaks {\n counter leaked { }\n chain in { type filter hook prerouting priority 0; "
+              f"ip daddr {UNALLOCATED} counter name leaked; }}\n}}\n")
+    subprocess.run(["ip", "netns", "exec", lab.external_ns, "nft", "-f", "-"], input=script, text=True, check=True)
+
+
+def leaked(lab) -> int:
+    out = json.loads(lab.exec_node(lab.external_ns, ["nft", "-j", "list", "counter", "ip", "pxt-leaks", "leaked"]))
+    return next(item["counter"]["packets"] for item in out["nftables"] if "counter" in item)
+
+
 def serve_and_probe(lab) -> dict:
     eventually(lambda: outcome(lab, "client-1", "10.96.0.11", 80, "tcp", n=1) != {"timeout"}, 20, 0.2)
     n2 = str(lab.spec.node("n2").ip)
@@ -88,7 +110,9 @@ def serve_and_probe(lab) -> dict:
 def test_pyproxy_nftables_serves_what_kube_proxy_nftables_serves(lab):
     for node in ("n1", "n2"):
         start_kube_proxy(lab, node, lab.node_ns(node), mode="nftables")
+    count_leaks(lab)
     upstream = serve_and_probe(lab)
+    assert leaked(lab) == 0, "kube-proxy drops traffic to an unallocated ClusterIP"
     for node in ("n1", "n2"):
         lab.processes.stop(f"kube-proxy-{node}@{lab.node_ns(node)}")
         for family in ("ip", "ip6"):
@@ -97,6 +121,7 @@ def test_pyproxy_nftables_serves_what_kube_proxy_nftables_serves(lab):
     for node in ("n1", "n2"):
         start_pyproxy(lab, node, kube, config)
     ours = serve_and_probe(lab)
+    assert leaked(lab) == 0, "pyproxy lets traffic to an unallocated ClusterIP leave the cluster"
     differences = {p: (upstream[p], ours[p]) for p in upstream if upstream[p] != ours[p]}
     assert not differences, "\n".join(f"{p}: kube-proxy {sorted(map(str, a))} pyproxy {sorted(map(str, b))}"
                                       for p, (a, b) in differences.items())

@@ -109,3 +109,25 @@ def test_the_table_name_is_configurable_and_every_write_names_it():
     assert "ip kube-proxy" not in backend.scripts[-1] and "add element ip pyproxy-lab service-ips" in backend.scripts[-1]
     with pytest.raises(ConfigError, match="pyproxy.nftablesTable"):
         parse_config({"pyproxy": {"nftablesTable": "bad name"}})
+
+
+def service_cidr(name, *cidrs):
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR", "metadata": {"name": name},
+            "spec": {"cidrs": list(cidrs)}}
+
+
+def test_unallocated_cluster_ips_are_dropped_as_kube_proxy_nftables_drops_them():
+    """kube-proxy's nftables mode (1.37): an address of a ServiceCIDR that no Service holds is
+    dropped (a held address on a port it does not serve is rejected); a new range reloads the
+    table; without ServiceCIDRs there is no drop rule."""
+    renderer, backend = NftRenderer(ProxyConfig(mode="nftables")), Recorder()
+    objs = [service("web", "10.96.0.1"), endpoint_slice("web", ["10.244.1.2"])]
+    plain = sync(backend, renderer, objs, full=True)
+    assert "Drop traffic to unallocated ClusterIPs" not in plain
+    script = sync(backend, renderer, [*objs, service_cidr("kubernetes", "10.96.0.0/16", "fd00:10:96::/112"),
+                                      service_cidr("extra", "10.100.0.0/24")])
+    assert ('ip daddr { 10.96.0.0/16, 10.100.0.0/24 } drop comment "Drop traffic to unallocated ClusterIPs"; '
+            in script), "both ranges of the family, sorted; the IPv6 one is the IPv6 table's"
+    assert script.startswith("add table ip kube-proxy"), "a new range reloads the table"
+    assert parse_objects([service_cidr("bad", "10.96.0.0/33")]).errors == [
+        "ServiceCIDR bad: spec.cidrs[0]: invalid CIDR '10.96.0.0/33'"]
