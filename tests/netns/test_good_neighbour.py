@@ -110,3 +110,74 @@ def test_foreign_rules_added_during_full_and_partial_syncs_survive(namespaces, v
         f"lost: {sorted(set(expected) - set(tags))[:10]}, unexpected: {sorted(set(tags) - set(expected))[:10]}")
     assert len(tags) == len(set(tags)), "no foreign rule duplicated"
     assert last_count > 0 and generation > 10
+
+
+def nft(ns: str, *args: str, script: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, "nft", *args], input=script, capture_output=True, text=True)
+
+
+def test_nftables_mode_touches_only_its_own_table(namespaces):
+    """nftables mode: another program's table (rules and chains added and removed in a tight
+    loop, a counter on loopback traffic) survives pyproxy's full syncs (our table replaced whole)
+    and partial ones: every rule present once at the end, the counter never goes down."""
+    ns = namespaces.new("nftneigh")
+    nft(ns, "-f", "-", script="table inet foreign {\n chain out { type filter hook output priority 10; "
+                              "udp dport 9 counter comment \"FOREIGN-COUNT\"; }\n}\n").check_returncode()
+    config = ProxyConfig(mode="nftables", cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),))
+    with netns.entered(ns):
+        proxier = Proxier("n1", config, (4,))
+        proxier.sync(cluster(0), full=True)
+    expected: set[str] = set()
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            tag = f"foreign-{i}"
+            proc = nft(ns, "add", "rule", "inet", "foreign", "out", "ip", "daddr", f"192.0.2.{i % 250 + 1}",
+                       "accept", "comment", f'"{tag}"')
+            if proc.returncode:
+                errors.append(proc.stderr)
+            else:
+                expected.add(tag)
+            if i % 4 == 3:  # and take one away again, by its handle
+                old = f"foreign-{i - 2}"
+                listed = nft(ns, "-a", "list", "chain", "inet", "foreign", "out").stdout
+                handle = re.search(rf'comment "{old}".*# handle (\d+)', listed)
+                if handle and nft(ns, "delete", "rule", "inet", "foreign", "out", "handle", handle.group(1)).returncode == 0:
+                    expected.discard(old)
+            if i % 10 == 0:
+                nft(ns, "add", "chain", "inet", "foreign", f"c{i}")
+            i += 1
+
+    def count() -> int:
+        listed = nft(ns, "list", "chain", "inet", "foreign", "out").stdout
+        found = re.search(r"counter packets (\d+) bytes \d+ comment \"FOREIGN-COUNT\"", listed)
+        assert found, f"the counting rule is gone:\n{listed}"
+        return int(found.group(1))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    last = 0
+    generation = 1
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with netns.entered(ns):
+                proxier.sync(cluster(generation), full=generation % 3 == 0)
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.sendto(b"x", ("127.0.0.1", 9))
+            now = count()
+            assert now >= last, f"the foreign counter went down: {last} -> {now}"
+            last = now
+            generation += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[:3]
+    tags = re.findall(r'comment "(foreign-\d+)"', nft(ns, "list", "table", "inet", "foreign").stdout)
+    assert sorted(tags) == sorted(expected) and len(tags) == len(set(tags)), (
+        f"lost: {sorted(expected - set(tags))[:10]}, unexpected: {sorted(set(tags) - expected)[:10]}")
+    assert last > 0 and generation > 10
+    assert "table ip kube-proxy" in nft(ns, "list", "tables").stdout, "and ours is there too"
