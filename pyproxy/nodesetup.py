@@ -54,23 +54,24 @@ READ_ONLY_SYSFS_NOTE = ("CRI error: /sys is read-only: cannot modify conntrack l
                         "(If running Docker, see docker issue #24000)")
 
 
-def sysfs_read_only(mountinfo: str = "/proc/self/mountinfo") -> bool:
-    """Is /sys mounted read-only here (a container's /sys, as kube-proxy checks before it sets
-    conntrack limits)?"""
+def read_only(mount_point: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Is this mount point mounted read-only here (a container's /sys or /proc/sys)?"""
+    found = False
     try:
         with open(mountinfo) as f:
             for line in f:
                 fields = line.split()
-                if len(fields) > 5 and fields[4] == "/sys":
-                    return "ro" in fields[5].split(",")
+                if len(fields) > 5 and fields[4] == mount_point:
+                    found = "ro" in fields[5].split(",")  # the last mount there is the one seen
     except OSError:
         pass
-    return False
+    return found
 
 
 def conntrack_limits_blocked(config: ProxyConfig, mountinfo: str = "/proc/self/mountinfo") -> bool:
-    """kube-proxy's readOnlySysFS case: it would set the conntrack maximum, and /sys is read-only."""
-    return config.conntrack_max_per_core > 0 and sysfs_read_only(mountinfo)
+    """kube-proxy's readOnlySysFS case: it would set the conntrack maximum, and /sys is read-only
+    (kube-proxy checks /sys; a read-only /proc/sys, where the limit itself is, blocks it too)."""
+    return config.conntrack_max_per_core > 0 and (read_only("/sys", mountinfo) or read_only("/proc/sys", mountinfo))
 
 
 def apply_conntrack(config: ProxyConfig) -> list[str]:

@@ -142,11 +142,15 @@ def test_a_read_only_sys_is_seen_as_kube_proxy_sees_it():
     """kube-proxy's readOnlySysFS check, on a real read-only /sys (a private mount namespace)."""
     probe = ("from pyproxy.config import ProxyConfig; from pyproxy.nodesetup import conntrack_limits_blocked as b; "
              "print(b(ProxyConfig()), b(ProxyConfig(conntrack_max_per_core=0)))")
-    ro = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                         f'mount -o remount,bind,ro /sys && exec "{sys.executable}" -c "{probe}"'],
-                        capture_output=True, text=True, check=True).stdout.split()
+    def in_mount_namespace(setup: str) -> list[str]:
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               f'{setup} && exec "{sys.executable}" -c "{probe}"'],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert in_mount_namespace("mount -o remount,bind,ro /sys") == ["True", "False"], \
+        "read-only /sys: the limits are blocked unless maxPerCore is 0"
+    assert in_mount_namespace("mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys") == \
+        ["True", "False"], "a read-only /proc/sys (a container's) blocks them too"
     rw = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
-    assert ro == ["True", "False"], "read-only /sys: the limits are blocked unless maxPerCore is 0"
     assert rw == ["False", "False"]
 
 
