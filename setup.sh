@@ -5,7 +5,9 @@ cd "$(dirname "$0")"
 packages=(python3 python3-venv python3-pip iptables nftables ipset conntrack iproute2 dnsutils
           containernetworking-plugins kmod
           # the IPVS tests boot Debian's kernel (it has ip_vs) in qemu: tests/vm/qemu.py
-          qemu-system-x86 busybox-static cpio ipvsadm)
+          qemu-system-x86 busybox-static cpio ipvsadm
+          # real nodes (tests/node): runc under upstream's containerd; the test image's tools
+          runc netcat-openbsd curl bind9-dnsutils gcc)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
