@@ -5,15 +5,17 @@ import uuid
 import pytest
 
 
-UPSTREAM_TESTS = "k8s"  # the folder of tests against upstream's own programs
+UPSTREAM_TESTS = ("k8s", "node")  # the folders of tests against upstream's own programs
 UPSTREAM_COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "kube-proxy", "coredns")
+NODE_COMPONENTS = ("kubelet", "containerd", "crictl", "agnhost")  # tests/node's real nodes
 upstream_build_error: list[str] = []
 
 
 def pytest_collection_modifyitems(config, items):
     if os.geteuid() == 0:
-        if any(UPSTREAM_TESTS in item.nodeid.split("/") for item in items):
-            _build_upstream(config)
+        folders = {part for item in items for part in item.nodeid.split("/")[:2]}
+        if folders & set(UPSTREAM_TESTS):
+            _build_upstream(config, UPSTREAM_COMPONENTS + (NODE_COMPONENTS if "node" in folders else ()))
         return
     skip = pytest.mark.skip(reason="needs root to create network namespaces")
     for item in items:
@@ -21,19 +23,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _build_upstream(config) -> None:
+def _build_upstream(config, components: tuple[str, ...]) -> None:
     """Build upstream's programs into their cache before the tests that use them run (a cold
     build takes minutes, outside any test's timeout); a failure fails those tests, naming it."""
     from pyproxy.lab import upstream
 
-    if upstream.built(*UPSTREAM_COMPONENTS):
+    if upstream.built(*components):
         return
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter:
-        reporter.write_line(f"building upstream {', '.join(UPSTREAM_COMPONENTS)} into {upstream.cache_dir()} "
+        reporter.write_line(f"building upstream {', '.join(components)} into {upstream.cache_dir()} "
                             "(cold: several minutes)")
     try:
-        upstream.ensure(*UPSTREAM_COMPONENTS, quiet=True)
+        upstream.ensure(*components, quiet=True)
     except upstream.UpstreamError as err:
         upstream_build_error.append(str(err))
 
