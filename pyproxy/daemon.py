@@ -20,7 +20,8 @@ from typing import Protocol
 from .config import ProxyConfig
 from .health import FAMILY_NAMES, ProxyHealth, ServiceHealthServers, health_server
 from .metrics import Metrics
-from .proxier import FamilySyncError, Proxier, SyncReport
+from .backend import SyncError
+from .proxier import Proxier, SyncReport
 from .sources.store import Store
 
 log = logging.getLogger("pyproxy")
@@ -179,8 +180,8 @@ class Daemon:
                 report = self.proxier.sync(cluster, full=full)
             except Exception as err:  # noqa: BLE001 - keep running; the next sync is a full one
                 log.error("sync failed, previous rules left in place: %s", err)
-                if isinstance(err, FamilySyncError):  # the kernel refused the rules (any mode)
-                    self.metrics.count_failure(err.family, partial=not full)
+                if isinstance(err, SyncError):  # the kernel refused the rules (any mode)
+                    self.metrics.count_failure(getattr(err, "family", 4), partial=not full)
                 failed = True
                 if once:
                     return 1

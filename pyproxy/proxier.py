@@ -41,12 +41,6 @@ class SyncReport:
         return sum(self.stale_flows.values())
 
 
-class FamilySyncError(Exception):
-    """A family's rules were refused by the kernel: `error` (a SyncError) says why."""
-
-    def __init__(self, family: int, error: Exception) -> None:
-        super().__init__(str(error))
-        self.family, self.error = family, error
 
 
 class Proxier:
@@ -118,7 +112,8 @@ class Proxier:
             try:
                 report.results[family] = backend.sync(self.mode.rules(self.renderer, view, family), full)
             except SyncError as err:
-                raise FamilySyncError(family, err) from err
+                err.family = family  # the daemon counts failures per IP family, as kube-proxy
+                raise
             report.rule_counts[family] = self.mode.rule_counts(backend)
             report.rules_written[family] = self.mode.rules_written(backend)
             started = time.monotonic()
