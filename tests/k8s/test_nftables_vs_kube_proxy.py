@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from pyproxy.lab import Lab
+from pyproxy.lab.lab import LabError
 from pyproxy.lab.proxies import deploy_pyproxy, start_kube_proxy, start_pyproxy
 from pyproxy.lab.spec import parse_spec
 from tests.netns.test_services import SPEC as LAB_SUITE
@@ -100,7 +101,16 @@ def leaked(lab) -> int:
     return next(item["counter"]["packets"] for item in out["nftables"] if "counter" in item)
 
 
+def table(lab, node: str) -> str:
+    try:
+        return lab.exec_node(node, ["nft", "list", "table", "ip", "kube-proxy"])
+    except LabError:  # not there yet
+        return ""
+
+
 def serve_and_probe(lab) -> dict:
+    for node in ("n1", "n2"):  # every input in: the ServiceCIDR comes by a watch of its own
+        eventually(lambda: "Drop traffic to unallocated ClusterIPs" in table(lab, node), 20, 0.2)
     eventually(lambda: outcome(lab, "client-1", "10.96.0.11", 80, "tcp", n=1) != {"timeout"}, 20, 0.2)
     n2 = str(lab.spec.node("n2").ip)
     eventually(lambda: outcome(lab, "external", n2, 30081, "tcp", n=1) != {"timeout"}, 20, 0.2)
