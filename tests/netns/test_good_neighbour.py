@@ -48,6 +48,31 @@ def foreign_rules(ns: str, variant: str) -> list[str]:
     return [line for line in save.splitlines() if "foreign-" in line]
 
 
+def sync_while_it_writes(ns: str, proxier: Proxier, writer, stop: threading.Event, count, seconds: float
+                         ) -> tuple[int, int]:
+    """Full (every third) and partial syncs while `writer` runs in a thread, a packet for the
+    foreign counter after each; the counter (read by `count`) never goes down. Returns (last
+    count, syncs + 1)."""
+    thread = threading.Thread(target=writer)
+    thread.start()
+    last, generation = 0, 1
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with netns.entered(ns):
+                proxier.sync(cluster(generation), full=generation % 3 == 0)
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.sendto(b"x", ("127.0.0.1", 9))  # counted by the foreign rule
+            now = count()
+            assert now >= last, f"a foreign counter went down: {last} -> {now}"
+            last = now
+            generation += 1
+    finally:
+        stop.set()
+        thread.join()
+    return last, generation
+
+
 @pytest.mark.parametrize("variant", ["nft", "legacy"])
 def test_foreign_rules_added_during_full_and_partial_syncs_survive(namespaces, variant):
     ns = namespaces.new("neigh")
@@ -88,24 +113,7 @@ def test_foreign_rules_added_during_full_and_partial_syncs_survive(namespaces, v
             # write bumps the ruleset generation, and a restore that loses the race retries
             stop.wait(0.02)
 
-    thread = threading.Thread(target=writer)
-    thread.start()
-    last_count = 0
-    try:
-        deadline = time.monotonic() + 20
-        generation = 1
-        while time.monotonic() < deadline:
-            with netns.entered(ns):
-                proxier.sync(cluster(generation), full=generation % 3 == 0)
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    sock.sendto(b"x", ("127.0.0.1", 9))  # counted by the foreign rule
-            count = counter(ns, variant)
-            assert count >= last_count, f"a foreign counter went down: {last_count} -> {count}"
-            last_count = count
-            generation += 1
-    finally:
-        stop.set()
-        thread.join()
+    last_count, generation = sync_while_it_writes(ns, proxier, writer, stop, lambda: counter(ns, variant), 20)
     assert not errors, errors[:3]
     present = foreign_rules(ns, variant)
     tags = [re.search(r"foreign-\d+", line).group(0) for line in present]
@@ -160,24 +168,7 @@ def test_nftables_mode_touches_only_its_own_table(namespaces):
         assert found, f"the counting rule is gone:\n{listed}"
         return int(found.group(1))
 
-    thread = threading.Thread(target=writer)
-    thread.start()
-    last = 0
-    generation = 1
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with netns.entered(ns):
-                proxier.sync(cluster(generation), full=generation % 3 == 0)
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    sock.sendto(b"x", ("127.0.0.1", 9))
-            now = count()
-            assert now >= last, f"the foreign counter went down: {last} -> {now}"
-            last = now
-            generation += 1
-    finally:
-        stop.set()
-        thread.join()
+    last, generation = sync_while_it_writes(ns, proxier, writer, stop, count, 15)
     assert not errors, errors[:3]
     tags = re.findall(r'comment "(foreign-\d+)"', nft(ns, "list", "table", "inet", "foreign").stdout)
     assert sorted(tags) == sorted(expected) and len(tags) == len(set(tags)), (
