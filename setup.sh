@@ -7,7 +7,9 @@ packages=(python3 python3-venv python3-pip iptables nftables ipset conntrack ipr
           # the IPVS tests boot Debian's kernel (it has ip_vs) in qemu: tests/vm/qemu.py
           qemu-system-x86 busybox-static cpio ipvsadm
           # real nodes (tests/node): runc under upstream's containerd; the test image's tools
-          runc netcat-openbsd curl bind9-dnsutils gcc)
+          runc netcat-openbsd curl bind9-dnsutils gcc
+          # pyproxy's image from the Dockerfile (tests/node/test_daemonset.py): podman, a debootstrap base
+          podman debootstrap)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -437,8 +437,8 @@ def stop_lab_nodes(lab) -> None:
 def start_cluster_services(lab) -> None:
     """What upstream's e2e suite expects of a cluster beyond the lab's control plane, until
     controlplane.py runs it itself: the API server reaching kubelets by InternalIP; kube-scheduler; the root CA publisher (every namespace's
-    kube-root-ca.crt, which each pod's service-account volume mounts) and the pod GC in a second
-    kube-controller-manager; CoreDNS (the lab's, in the control plane's namespace) behind a
+    kube-root-ca.crt, which each pod's service-account volume mounts), the pod GC and the DaemonSet
+    controller in a second kube-controller-manager; CoreDNS (the lab's, in the control plane's namespace) behind a
     `kube-dns` Service at the kubelets' clusterDNS address, its EndpointSlice written by hand; and
     routes from the control plane's namespace to every pod CIDR (DNS answers and the API server's
     connections to pods go there)."""
@@ -460,7 +460,7 @@ def start_cluster_services(lab) -> None:
         "--bind-address=127.0.0.1", "--secure-port=10259", "--v=1"], cp.netns_name, cp.log("kube-scheduler")))
     lab.processes.add(start_process("kube-controller-manager-nodes", [
         b("kube-controller-manager"), f"--kubeconfig={cp.admin_kubeconfig}",
-        "--controllers=root-ca-certificate-publisher-controller,pod-garbage-collector-controller",
+        "--controllers=root-ca-certificate-publisher-controller,pod-garbage-collector-controller,daemonset-controller",
         f"--root-ca-file={os.path.join(cp.pki, 'ca.crt')}", "--leader-elect=false", "--bind-address=127.0.0.1",
         "--secure-port=10258", "--v=1"], cp.netns_name, cp.log("kube-controller-manager-nodes")))
     ip_batch(cp.netns_name, [f"route add {n.pod_cidr} via {n.ip}" for n in lab.spec.nodes])
@@ -477,6 +477,46 @@ def start_cluster_services(lab) -> None:
                   "endpoints": [{"addresses": [str(lab.spec.control_plane_ip)],
                                  "conditions": {"ready": True, "serving": True, "terminating": False}}],
                   "ports": ports})
+
+
+def kubectl(lab, *args: str, stdin: str | None = None) -> str:
+    """The lab's kubectl as admin, inside the control plane's namespace (`pyproxy lab kubectl`)."""
+    from .. import netns
+
+    with netns.entered(lab.cp.netns_name):  # the child inherits this thread's namespace
+        proc = subprocess.run([upstream.binary("kubectl"), f"--kubeconfig={lab.cp.admin_kubeconfig}", *args],
+                              input=stdin, capture_output=True, text=True, timeout=120)
+    if proc.returncode:
+        raise NodeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def apply_daemonset(lab, nodes: list[RealNode], archive: str, manifest: str, timeout: float = 180) -> float:
+    """pyproxy the way a user installs it: its image (`archive`, built from the Dockerfile)
+    imported on every node, then `kubectl apply -f daemonset.yaml` with the two values a user sets
+    (the pod CIDR, the API server's address); returns the seconds from the apply to the DaemonSet
+    Ready on every node."""
+    with open(manifest) as f:
+        text = f.read()
+    for old, new in (("clusterCIDR: 10.244.0.0/16", f"clusterCIDR: {lab.spec.cluster_cidr}"),
+                     ("https://CONTROL_PLANE_ENDPOINT:6443", lab.cp.server)):
+        if old not in text:
+            raise NodeError(f"{manifest}: no {old!r} to set")
+        text = text.replace(old, new)
+    for node in nodes:
+        images.import_archive(upstream.binary("ctr"), node.paths.socket, archive)
+    started = time.monotonic()
+    kubectl(lab, "apply", "-f", "-", stdin=text)
+    deadline = started + timeout
+    while True:
+        ds = lab.cp.api.get("DaemonSet", "pyproxy", "kube-system")
+        status = ds.get("status", {})
+        if status.get("numberReady") == status.get("desiredNumberScheduled") == len(nodes):
+            return time.monotonic() - started
+        if time.monotonic() > deadline:
+            raise NodeError(f"DaemonSet pyproxy not Ready on {len(nodes)} nodes within {timeout:.0f}s: {status}; "
+                            f"see {nodes[0].log('kubelet')}")
+        time.sleep(0.5)
 
 
 def e2e_argv(lab, focus: str, skip: str = "", report_dir: str = "") -> list[str]:

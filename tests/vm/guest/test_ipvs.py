@@ -69,6 +69,20 @@ def ipvs_table(lab, node="n1") -> dict[str, dict[str, tuple[int, int]]]:
     return out
 
 
+def settled_ipvs_table(lab, node="n1", timeout=10.0):
+    """ipvs_table once its counters stop moving: the kernel's estimator folds the per-CPU connection
+    counts into what a dump reports every two seconds, so a read right after traffic can lag."""
+    deadline = time.monotonic() + timeout
+    table = ipvs_table(lab, node)
+    while time.monotonic() < deadline:
+        time.sleep(2.5)
+        again = ipvs_table(lab, node)
+        if again == table:
+            return table
+        table = again
+    return table
+
+
 def _key(svc):
     from pyroute2 import IPVSService
 
@@ -169,11 +183,12 @@ def test_reconcile_changes_one_real_server_and_leaves_the_others(env):
     lab, dp = env
     dp.apply([service({"app": "web"})])
     answers(lab, "client", CLUSTER_IP, 80, 6)
-    before = ipvs_table(lab)[f"{CLUSTER_IP}:80"]
+    before = settled_ipvs_table(lab)[f"{CLUSTER_IP}:80"]
     dp.apply([service({"tier": "a"})])  # web-3 leaves, web-1 and web-2 stay
-    after = ipvs_table(lab)[f"{CLUSTER_IP}:80"]
+    after = settled_ipvs_table(lab)[f"{CLUSTER_IP}:80"]
     for pod in ("web-1", "web-2"):
         rs = f"{lab.pods[pod].ip}:80"
+        assert before[rs][1] > 0, f"{pod} was scheduled connections before the change"
         assert after[rs] == before[rs], f"{pod}'s real server is untouched (its counters are kept)"
     assert set(answers(lab, "client", CLUSTER_IP, 80, 4)) == {"web-1", "web-2"}
 

@@ -1,0 +1,101 @@
+"""pyproxy's image as a user builds it: the repository's Dockerfile, built with podman, on a
+`debian:12-slim` base made here (no registry is reachable) and saved as an archive that lab
+nodes import (`ctr images import`) under the name daemonset.yaml runs.
+
+The base is a `debootstrap --variant=minbase bookworm` from Debian's mirror, carrying this
+machine's local CA certificates and /etc/pip.conf (the egress here re-signs TLS: without them the
+Dockerfile's `pip install` fails certificate verification, as it would behind any such proxy).
+Both live outside the work tree: podman's own storage, and the archive under the upstream cache
+(`images/`, beside images.py's). The build runs with `--network=host` so podman makes no bridge or rules in this
+machine's namespace; `--pull=never` so the base made here is the one used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from . import upstream
+
+BASE_IMAGE = "docker.io/library/debian:12-slim"  # the Dockerfile's FROM, normalised
+MIRROR = "http://deb.debian.org/debian"
+LOCAL_TRUST = ("/usr/local/share/ca-certificates", "/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf")
+
+
+class ImageBuildError(RuntimeError):
+    pass
+
+
+def podman(*args: str, input_file=None) -> str:
+    if shutil.which("podman") is None:
+        raise ImageBuildError("podman is not installed (apt-get install podman)")
+    # no systemd here: cgroupfs and a file event log
+    proc = subprocess.run(["podman", "--cgroup-manager=cgroupfs", "--events-backend=file", *args],
+                          stdin=input_file, capture_output=True, text=True)
+    if proc.returncode:
+        raise ImageBuildError(f"podman {args[0]} failed: {(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return proc.stdout
+
+
+def image_exists(name: str) -> bool:
+    return subprocess.run(["podman", "--cgroup-manager=cgroupfs", "--events-backend=file", "image", "exists", name],
+                          capture_output=True).returncode == 0
+
+
+def base_image() -> str:
+    """debian:12-slim from debootstrap, once (about 4 minutes cold)."""
+    if image_exists(BASE_IMAGE):
+        return BASE_IMAGE
+    if shutil.which("debootstrap") is None:
+        raise ImageBuildError("debootstrap is not installed (apt-get install debootstrap)")
+    rootfs = os.path.join(_cache(), "rootfs-bookworm")
+    shutil.rmtree(rootfs, ignore_errors=True)
+    proc = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", rootfs, MIRROR], capture_output=True, text=True)
+    if proc.returncode:
+        raise ImageBuildError(f"debootstrap failed: {(proc.stderr or proc.stdout).strip()[-2000:]}")
+    try:
+        for path in LOCAL_TRUST:
+            if os.path.isdir(path):
+                shutil.copytree(path, rootfs + path, dirs_exist_ok=True)
+            elif os.path.exists(path):
+                shutil.copy(path, rootfs + path)
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for entry in os.listdir(os.path.join(rootfs, cache)):
+                path = os.path.join(rootfs, cache, entry)
+                if os.path.isfile(path):
+                    os.unlink(path)
+        tar = subprocess.Popen(["tar", "-C", rootfs, "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+        podman("import", "-", BASE_IMAGE, input_file=tar.stdout)
+        tar.wait()
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+    return BASE_IMAGE
+
+
+def build_pyproxy_image(repo: str, name: str) -> str:
+    """`podman build` of the repository's Dockerfile tagged `name` (normalised, as the kubelet
+    resolves daemonset.yaml's image); returns a docker-archive of it for `ctr images import`."""
+    base_image()
+    podman("build", "--pull=never", "--network=host", "-t", name, "-f", os.path.join(repo, "Dockerfile"), repo)
+    archive = os.path.join(_cache(), "pyproxy-image.tar")
+    if os.path.exists(archive):
+        os.unlink(archive)
+    podman("save", "--format", "docker-archive", "-o", archive, name)
+    return archive
+
+
+def normalized(image: str) -> str:
+    """What containerd's CRI calls `image`: docker.io/library/ for a bare name."""
+    first = image.split("/", 1)[0]
+    if "/" not in image:
+        return f"docker.io/library/{image}"
+    if "." not in first and ":" not in first and first != "localhost":
+        return f"docker.io/{image}"
+    return image
+
+
+def _cache() -> str:
+    path = os.path.join(upstream.cache_dir(), "images")
+    os.makedirs(path, exist_ok=True)
+    return path
