@@ -30,6 +30,11 @@ def _version() -> str:
 @click.version_option(_version(), "--version", prog_name="pyproxy", message="%(prog)s %(version)s")
 def main() -> None:
     """pyproxy: a Kubernetes Service dataplane (kube-proxy replacement)."""
+    # an argument that is not UTF-8 (`--node $'\xff'`) reaches us as a lone surrogate: echoing it
+    # must not end in a traceback
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def entry() -> None:
