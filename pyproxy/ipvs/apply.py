@@ -147,9 +147,23 @@ class IpvsBackend:
 
     # -- IPVS ------------------------------------------------------------------------------------
 
-    def _ours(self, ip: str) -> bool:
-        address = ipaddress.ip_address(ip)
-        return address.version == self.family and not any(address in c for c in self.exclude)
+    def _ours(self, svc: Service, bound: set[str], local: set[str]) -> bool:
+        """A virtual server another program made is left alone (kube-proxy deletes every one
+        outside `excludeCIDRs`): ours are those on an address we bind to kube-ipvs0 (service IPs)
+        and NodePorts, a port of the NodePort range on an address of this node. excludeCIDRs
+        still protect any address, as upstream."""
+        address = ipaddress.ip_address(svc.ip)
+        if address.version != self.family or any(address in c for c in self.exclude):
+            return False
+        return svc.ip in bound or (svc.ip in local and svc.port in NODE_PORT_RANGE)
+
+    def _ownership(self) -> tuple[set[str], set[str]]:
+        """kube-ipvs0's addresses and all of this namespace's, read now (a restarted pyproxy
+        knows its virtual servers by them)."""
+        with Netlink() as nl:
+            link = nl.link(DUMMY_DEVICE)
+            bound = {str(i.ip) for i in nl.addresses(link.index)} if link is not None else set()
+            return bound, {str(i.ip) for i in nl.addresses()}
 
     def _sync_ipvs(self, ruleset: IpvsRuleset, full: bool) -> tuple[int, int]:
         want = ruleset.servers()
@@ -157,7 +171,8 @@ class IpvsBackend:
             self._reap(ipvs)
             if full:
                 live = _live(ipvs, None)
-                keys = set(want) | {k for k, (svc, _) in live.items() if self._ours(svc.ip)}
+                bound, local = self._ownership()
+                keys = set(want) | {k for k, (svc, _) in live.items() if self._ours(svc, bound, local)}
             else:
                 assert self._ports is not None
                 old, new = self._ports, ruleset.ports
@@ -247,8 +262,9 @@ class IpvsBackend:
         has rewritten them by then)."""
         removed = 0
         if os.path.exists("/proc/net/ip_vs"):
+            bound, local = self._ownership()
             with IpvsSocket() as ipvs:
-                ours = [(DEL_SERVICE, svc, None) for svc in ipvs.services() if self._ours(svc.ip)]
+                ours = [(DEL_SERVICE, svc, None) for svc in ipvs.services() if self._ours(svc, bound, local)]
                 ipvs.apply(ours)
                 removed += len(ours)
         with Netlink() as nl:
@@ -278,6 +294,7 @@ class IpvsBackend:
 
 
 # Chain names: IPVS mode's own, those iptables mode uses as well, and iptables mode's alone.
+NODE_PORT_RANGE = range(30000, 32768)  # the API server's default --service-node-port-range
 IPVS_ONLY_CHAINS = {"nat": {"KUBE-NODE-PORT", "KUBE-LOAD-BALANCER"},
                     "filter": {"KUBE-NODE-PORT", "KUBE-SOURCE-RANGES-FIREWALL", "KUBE-IPVS-FILTER",
                                "KUBE-IPVS-OUT-FILTER"}}

@@ -27,20 +27,23 @@ class ImageBuildError(RuntimeError):
     pass
 
 
-def podman(*args: str, input_file=None) -> str:
+def _podman(*args: str, input_file=None) -> subprocess.CompletedProcess:
     if shutil.which("podman") is None:
         raise ImageBuildError("podman is not installed (apt-get install podman)")
     # no systemd here: cgroupfs and a file event log
-    proc = subprocess.run(["podman", "--cgroup-manager=cgroupfs", "--events-backend=file", *args],
+    return subprocess.run(["podman", "--cgroup-manager=cgroupfs", "--events-backend=file", *args],
                           stdin=input_file, capture_output=True, text=True)
+
+
+def podman(*args: str, input_file=None) -> str:
+    proc = _podman(*args, input_file=input_file)
     if proc.returncode:
         raise ImageBuildError(f"podman {args[0]} failed: {(proc.stderr or proc.stdout).strip()[-2000:]}")
     return proc.stdout
 
 
 def image_exists(name: str) -> bool:
-    return subprocess.run(["podman", "--cgroup-manager=cgroupfs", "--events-backend=file", "image", "exists", name],
-                          capture_output=True).returncode == 0
+    return _podman("image", "exists", name).returncode == 0
 
 
 def base_image() -> str:
@@ -59,6 +62,8 @@ def base_image() -> str:
             if os.path.isdir(path):
                 shutil.copytree(path, rootfs + path, dirs_exist_ok=True)
             elif os.path.exists(path):
+                # minbase has no ca-certificates package, so maybe no /etc/ssl/certs either
+                os.makedirs(os.path.dirname(rootfs + path), exist_ok=True)
                 shutil.copy(path, rootfs + path)
         for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for entry in os.listdir(os.path.join(rootfs, cache)):
@@ -76,9 +81,26 @@ def base_image() -> str:
 def build_pyproxy_image(repo: str, name: str) -> str:
     """`podman build` of the repository's Dockerfile tagged `name` (normalised, as the kubelet
     resolves daemonset.yaml's image); returns a docker-archive of it for `ctr images import`."""
+    return _build(repo, os.path.join(repo, "Dockerfile"), name, "pyproxy-image.tar")
+
+
+KUBE_PROXY_CONTEXT = os.path.join(os.path.dirname(__file__), "kube-proxy")
+
+
+def build_kube_proxy_image() -> tuple[str, str]:
+    """The baseline's image, registry.k8s.io/kube-proxy:<version>, from the kube-proxy built here
+    (kube-proxy/Dockerfile); returns its name and a docker-archive of it."""
+    name = f"registry.k8s.io/kube-proxy:{upstream.K8S_VERSION}"
+    context = os.path.join(_cache(), "kube-proxy-context")
+    os.makedirs(context, exist_ok=True)
+    shutil.copy(os.path.join(upstream.ensure("kube-proxy"), "kube-proxy"), os.path.join(context, "kube-proxy"))
+    return name, _build(context, os.path.join(KUBE_PROXY_CONTEXT, "Dockerfile"), name, "kube-proxy-image.tar")
+
+
+def _build(context: str, dockerfile: str, name: str, archive_name: str) -> str:
     base_image()
-    podman("build", "--pull=never", "--network=host", "-t", name, "-f", os.path.join(repo, "Dockerfile"), repo)
-    archive = os.path.join(_cache(), "pyproxy-image.tar")
+    podman("build", "--pull=never", "--network=host", "-t", name, "-f", dockerfile, context)
+    archive = os.path.join(_cache(), archive_name)
     if os.path.exists(archive):
         os.unlink(archive)
     podman("save", "--format", "docker-archive", "-o", archive, name)

@@ -2,7 +2,9 @@
 runc, inside the node's network namespace, pods networked by `pyproxy-bridge` through the CRI.
 
     <node dir> = <lab dir>/nodes/<node>/     (beside the lab's net.d/ conflist and ipam/)
-      cni-bin/pyproxy-bridge     a symlink to the installed plugin (containerd's CNI bin_dirs)
+      cni-bin/pyproxy-bridge     a symlink to the installed plugin (containerd's CNI bin_dirs),
+      cni-bin/portmap            and to Debian's portmap (containernetworking-plugins)
+      net.d/10-pyproxy.conflist  the lab's conflist with portmap chained: pods' hostPorts
       containerd/config.toml     root/ state/ runc/ containerd.sock, its log
       kubelet/config.yaml        root/ (--root-dir) pki/ (serving cert) logs/ kubelet.kubeconfig,
                                  resolv.conf, the node's client certificate from the lab CA
@@ -27,6 +29,7 @@ defaults that escape --root-dir (--cert-dir, podLogsDir, volumePluginDir) are se
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -42,6 +45,7 @@ from .controlplane import ProcessTable, _openssl, exit_status, kubeconfig, start
 NODE_COMPONENTS = ("kubelet", "containerd", "crictl")
 CGROUP_V1 = "/sys/fs/cgroup"
 RUNC = "/usr/sbin/runc"
+PORTMAP = "/usr/lib/cni/portmap"
 
 
 class NodeError(RuntimeError):
@@ -135,6 +139,10 @@ class NodePaths:
         return os.path.join(self.root, "cni-bin")
 
     @property
+    def net_d(self) -> str:
+        return os.path.join(self.root, "net.d")
+
+    @property
     def containerd(self) -> str:
         return os.path.join(self.root, "containerd")
 
@@ -191,13 +199,18 @@ class RealNode:
 
     def write_config(self) -> None:
         d = self.paths
-        for sub in (d.cni_bin, d.containerd, d.kubelet, os.path.join(d.kubelet, "pki")):
+        for sub in (d.cni_bin, d.net_d, d.containerd, d.kubelet, os.path.join(d.kubelet, "pki")):
             os.makedirs(sub, exist_ok=True)
-        link = os.path.join(d.cni_bin, "pyproxy-bridge")
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(self.cni_bin_dir, "pyproxy-bridge"), link)
+        if not os.path.exists(PORTMAP):
+            raise NodeError(f"{PORTMAP} is missing (apt-get install containernetworking-plugins)")
+        for plugin, target in (("pyproxy-bridge", os.path.join(self.cni_bin_dir, "pyproxy-bridge")),
+                               ("portmap", PORTMAP)):
+            link = os.path.join(d.cni_bin, plugin)
+            if not os.path.lexists(link):
+                os.symlink(target, link)
+        self._write_conflist()
         with open(os.path.join(d.containerd, "config.toml"), "w") as f:
-            f.write(containerd_config(d, self.cni_conf_dir))
+            f.write(containerd_config(d, d.net_d))
         with open(os.path.join(d.kubelet, "resolv.conf"), "w") as f:
             f.write(f"nameserver {self.cluster_dns}\nsearch cluster.local\noptions ndots:5\n")
         self._client_certificate()
@@ -208,6 +221,15 @@ class RealNode:
                 "client-key": os.path.join(d.kubelet, "node.key")}), f)
         with open(os.path.join(d.kubelet, "config.yaml"), "w") as f:
             yaml.safe_dump(kubelet_config(d, self.node_ip, self.cgroup_root, ca, self.cluster_dns), f)
+
+    def _write_conflist(self) -> None:
+        """The lab's pyproxy-bridge conflist, portmap chained after it: a pod's hostPort is the
+        runtime's (CNI's) job, not the service proxy's; the kubelet hands containerd the ports."""
+        with open(os.path.join(self.cni_conf_dir, "10-pyproxy.conflist")) as f:
+            conflist = json.load(f)
+        conflist["plugins"].append({"type": "portmap", "capabilities": {"portMappings": True}})
+        with open(os.path.join(self.paths.net_d, "10-pyproxy.conflist"), "w") as f:
+            json.dump(conflist, f, indent=2)
 
     def _client_certificate(self) -> None:
         out = self.paths.kubelet
@@ -492,10 +514,10 @@ def kubectl(lab, *args: str, stdin: str | None = None) -> str:
 
 
 def apply_daemonset(lab, nodes: list[RealNode], archive: str, manifest: str, timeout: float = 180) -> float:
-    """pyproxy the way a user installs it: its image (`archive`, built from the Dockerfile)
-    imported on every node, then `kubectl apply -f daemonset.yaml` with the two values a user sets
-    (the pod CIDR, the API server's address); returns the seconds from the apply to the DaemonSet
-    Ready on every node."""
+    """A node proxy the way a user installs it (pyproxy's daemonset.yaml, or the baseline's
+    kube-proxy one): its image (`archive`, built from a Dockerfile) imported on every node, then
+    `kubectl apply -f` with the two values a user sets (the pod CIDR, the API server's address);
+    returns the seconds from the apply to the DaemonSet Ready on every node."""
     with open(manifest) as f:
         text = f.read()
     for old, new in (("clusterCIDR: 10.244.0.0/16", f"clusterCIDR: {lab.spec.cluster_cidr}"),
@@ -503,18 +525,20 @@ def apply_daemonset(lab, nodes: list[RealNode], archive: str, manifest: str, tim
         if old not in text:
             raise NodeError(f"{manifest}: no {old!r} to set")
         text = text.replace(old, new)
+    text = text.replace(":KUBE_VERSION", f":{upstream.K8S_VERSION}")
+    name = next(o["metadata"]["name"] for o in yaml.safe_load_all(text) if o and o.get("kind") == "DaemonSet")
     for node in nodes:
         images.import_archive(upstream.binary("ctr"), node.paths.socket, archive)
     started = time.monotonic()
     kubectl(lab, "apply", "-f", "-", stdin=text)
     deadline = started + timeout
     while True:
-        ds = lab.cp.api.get("DaemonSet", "pyproxy", "kube-system")
+        ds = lab.cp.api.get("DaemonSet", name, "kube-system")
         status = ds.get("status", {})
         if status.get("numberReady") == status.get("desiredNumberScheduled") == len(nodes):
             return time.monotonic() - started
         if time.monotonic() > deadline:
-            raise NodeError(f"DaemonSet pyproxy not Ready on {len(nodes)} nodes within {timeout:.0f}s: {status}; "
+            raise NodeError(f"DaemonSet {name} not Ready on {len(nodes)} nodes within {timeout:.0f}s: {status}; "
                             f"see {nodes[0].log('kubelet')}")
         time.sleep(0.5)
 

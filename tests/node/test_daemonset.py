@@ -15,7 +15,7 @@ import pytest
 from pyproxy.lab import imagebuild, proxies, realnode
 from pyproxy.lab.lab import Lab
 from pyproxy.lab.spec import parse_spec
-from tests.node.test_real_node import _dial, _get
+from tests.node.test_real_node import _dial, _get, _ready
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 CLUSTER_IP, NODE_PORT, LOCAL_NODE_PORT = "10.96.0.50", 30080, 30081
@@ -65,8 +65,7 @@ def _ready_pods(lab, app: str, count: int, timeout: float = 90) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:
         pods = [p for p in lab.cp.api.list("Pod", "default", labelSelector=f"app={app}")
-                if p.get("status", {}).get("podIP") and any(
-                    c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+                if p.get("status", {}).get("podIP") and _ready(p)]
         if len(pods) == count:
             return pods
         assert time.monotonic() < deadline, f"{len(pods)} of {count} {app} pods Ready"

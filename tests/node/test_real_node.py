@@ -119,3 +119,19 @@ def test_pyproxy_serves_a_cluster_ip_to_pods_on_real_nodes(real_cluster):
                 break
             time.sleep(1)
         assert seen == {"be1", "be2"}, (client, seen)
+
+
+def test_a_pods_host_port_is_reached_on_its_nodes_address(real_cluster):
+    """A pod's hostPort, the runtime's job (portmap chained after pyproxy-bridge, the ports from
+    the kubelet through the CRI): the external client reaches the pod on its node's address and
+    the pod sees the client's own address; the other node does not answer on that port."""
+    lab = real_cluster
+    pod = realnode.pod_manifest("hp1", "node1")
+    pod["spec"]["containers"][0]["ports"] = [{"containerPort": 8080, "hostPort": 31555, "protocol": "TCP"}]
+    lab.cp.api.request("POST", "/api/v1/namespaces/default/pods", pod)
+    _wait_ready(lab, ["hp1"])
+    node1, node2 = (str(lab.spec.node(n).ip) for n in ("node1", "node2"))
+    assert _get(lab.external_ns, f"http://{node1}:31555/hostname") == "hp1"
+    assert _get(lab.external_ns, f"http://{node1}:31555/clientip").rsplit(":", 1)[0] == str(lab.spec.external_ip)
+    with pytest.raises(OSError):  # refused: nothing on node2 holds the port
+        _get(lab.external_ns, f"http://{node2}:31555/hostname", timeout=3)

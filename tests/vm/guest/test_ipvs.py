@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -261,3 +262,84 @@ def test_switching_between_ipvs_and_iptables_leaves_nothing_behind(env):
             assert not any(c in rules for c in ("KUBE-SVC-", "KUBE-NODEPORTS", "KUBE-PROXY-CANARY")), \
                 "no iptables-mode chain left behind"
         assert lab.request("client", CLUSTER_IP, 80, timeout=5).pod in ("web-1", "web-2", "web-3")
+
+
+def test_foreign_virtual_servers_ipsets_and_rules_survive_full_and_partial_syncs(env):
+    """A good neighbour in IPVS mode: another program adds and removes virtual servers of its own
+    in a tight loop, and keeps one with a real server, an ipset and a counting iptables rule, while
+    pyproxy runs full (every third) and partial syncs. At the end every foreign virtual server is
+    there as the program left it, once; its ipset and its rule are there; the counter never went down."""
+    lab, dp = env
+    ns = lab.node_ns("n1")
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
+
+    run("ipvsadm", "-A", "-t", "192.0.2.1:7000", "-s", "wrr").check_returncode()
+    run("ipvsadm", "-a", "-t", "192.0.2.1:7000", "-r", "192.0.2.200:7000", "-m", "-w", "3").check_returncode()
+    run("ipset", "create", "FOREIGN-SET", "hash:ip").check_returncode()
+    run("ipset", "add", "FOREIGN-SET", "192.0.2.9").check_returncode()
+    run("iptables", "-w", "-A", "OUTPUT", "-o", "lo", "-p", "udp", "--dport", "9", "-m", "comment", "--comment",
+        "FOREIGN-COUNT", "-j", "ACCEPT").check_returncode()
+    expected: set[str] = {"192.0.2.1:7000"}
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            vs = f"192.0.2.{i % 100 + 10}:{8000 + i}"
+            proc = run("ipvsadm", "-A", "-t", vs, "-s", "rr")
+            if proc.returncode:
+                errors.append(proc.stderr)
+            else:
+                expected.add(vs)
+            if i % 3 == 2:  # and take one away again
+                old = f"192.0.2.{(i - 1) % 100 + 10}:{8000 + i - 1}"
+                if old in expected and run("ipvsadm", "-D", "-t", old).returncode == 0:
+                    expected.discard(old)
+            i += 1
+            stop.wait(0.02)
+
+    def counted() -> int:
+        for line in run("iptables", "-w", "-L", "OUTPUT", "-v", "-x", "-n").stdout.splitlines():
+            if "FOREIGN-COUNT" in line:
+                return int(line.split()[0])
+        raise AssertionError("the foreign counting rule is gone")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    last, syncs = 0, 0
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            selector = {"app": "web"} if syncs % 2 else {"tier": "a"}
+            dp.apply([service(selector, node_port=30080)], full=syncs % 3 == 0)
+            with netns.entered(ns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.sendto(b"x", ("127.0.0.1", 9))
+            now = counted()
+            assert now >= last, f"a foreign counter went down: {last} -> {now}"
+            last, syncs = now, syncs + 1
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[:3]
+    foreign = [line.split()[2] for line in run("ipvsadm", "-S", "-n").stdout.splitlines()
+               if line.startswith("-A") and "192.0.2." in line]
+    assert sorted(foreign) == sorted(expected), (
+        f"lost: {sorted(expected - set(foreign))[:10]}, unexpected: {sorted(set(foreign) - expected)[:10]}")
+    assert len(foreign) == len(set(foreign)), "no foreign virtual server duplicated"
+    assert "-a -t 192.0.2.1:7000 -r 192.0.2.200:7000 -m -w 3" in run("ipvsadm", "-S", "-n").stdout
+    assert "192.0.2.9" in run("ipset", "list", "FOREIGN-SET").stdout
+    assert last >= syncs > 10
+    # and ours are there: the ClusterIP's virtual server; pyproxy's cleanup takes only ours
+    assert f"{CLUSTER_IP}:80" in ipvs_table(lab)
+    dp.cleanup()
+    left = ipvs_table(lab)
+    assert f"{CLUSTER_IP}:80" not in left and "192.0.2.1:7000" in left, left
+    run("ipvsadm", "-D", "-t", "192.0.2.1:7000")
+    for vs in expected - {"192.0.2.1:7000"}:
+        run("ipvsadm", "-D", "-t", vs)
+    run("iptables", "-w", "-D", "OUTPUT", "-o", "lo", "-p", "udp", "--dport", "9", "-m", "comment", "--comment",
+        "FOREIGN-COUNT", "-j", "ACCEPT")
+    run("ipset", "destroy", "FOREIGN-SET")
