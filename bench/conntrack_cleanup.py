@@ -1,12 +1,14 @@
 """Stale UDP conntrack cleanup at scale: the netlink path (pyproxy.netlink.conntrack) beside the
 old `conntrack` tool path (list as text, one `conntrack -D` per stale flow), in the same run.
 
-    .venv/bin/python bench/conntrack_cleanup.py [--flows 100000] [--stale 1000]
+    .venv/bin/python bench/conntrack_cleanup.py [--flows 100000] [--stale 1000] [--no-tool]
 
 In a namespace made here: a UDP Service (10.96.0.10:53) with 10 endpoints, `--flows` UDP flows
 to it from distinct clients; `--stale` of them point at an 11th endpoint that is no longer one.
 Per path: the time of one cleanup (list + decide + delete), the extra peak memory it needed, and
-a check that exactly the stale flows went (the table is listed after).
+a check that exactly the stale flows went (the table is listed after). Two netlink paths: after
+the endpoint change (a partial sync: the cleaner saw the 11th endpoint before and asks the kernel
+only for flows answered from it), and a look at every UDP flow (a full sync or a restart).
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ GONE = "10.244.1.99"
 _FIELD = re.compile(r"(src|dst|sport|dport)=(\S+)")
 
 
-def view():
+def view(endpoints=ENDPOINTS):
     return build_view(parse_objects([
         {"kind": "Service", "metadata": {"namespace": "ns", "name": "dns"},
          "spec": {"clusterIP": FRONTEND[0], "ports": [{"port": 53, "protocol": "UDP"}]}},
         {"kind": "EndpointSlice", "addressType": "IPv4",
          "metadata": {"namespace": "ns", "name": "dns-a", "labels": {"kubernetes.io/service-name": "dns"}},
-         "endpoints": [{"addresses": [ip]} for ip in ENDPOINTS], "ports": [{"name": "", "port": 53, "protocol": "UDP"}]},
+         "endpoints": [{"addresses": [ip]} for ip in endpoints], "ports": [{"name": "", "port": 53, "protocol": "UDP"}]},
     ]), "n1")
 
 
@@ -75,10 +77,12 @@ def tool_path(v) -> int:
     return len(stale)
 
 
-def measure(label: str, run, ct: Conntrack, flows: int, stale: int, memory: bool = True) -> None:
+def measure(label: str, run, ct: Conntrack, flows: int, stale: int, memory: bool = True, prepare=None) -> None:
+    prepare = prepare or (lambda: None)
     peak = float("nan")
     if memory:  # a run of its own: tracemalloc slows allocation down many times
         fill(ct, flows, stale)
+        prepare()
         tracemalloc.start()
         run()
         peak = tracemalloc.get_traced_memory()[1]
@@ -86,6 +90,7 @@ def measure(label: str, run, ct: Conntrack, flows: int, stale: int, memory: bool
         ct.delete([o for o, r in ct.flows(4, "udp")])
     fill(ct, flows, stale)
     before = {o for o, r in ct.flows(4, "udp")}
+    prepare()
     start = time.monotonic()
     removed = run()
     took = time.monotonic() - start
@@ -102,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--flows", type=int, default=100000)
     parser.add_argument("--stale", type=int, default=1000)
+    parser.add_argument("--no-tool", action="store_true", help="leave out the conntrack tool path (minutes)")
     args = parser.parse_args()
     ns = ns_add()
     try:
@@ -112,11 +118,13 @@ def main() -> None:
             ct = Conntrack()
             cleaner = ConntrackCleaner(4)
             print(f"{args.flows} UDP flows, {args.stale} stale")
-            def netlink() -> int:
-                cleaner._udp_ports = None  # as after a change of the service's endpoints
-                return cleaner.clean(v)
-            measure("netlink (pyproxy)", netlink, ct, args.flows, args.stale)
-            measure("conntrack tool (old)", lambda: tool_path(v), ct, args.flows, args.stale, memory=False)
+            def seen_before() -> None:  # the sync before: the 11th endpoint was one
+                cleaner.clean(view([*ENDPOINTS, GONE]), full=True)
+
+            measure("netlink, partial sync", lambda: cleaner.clean(v), ct, args.flows, args.stale, prepare=seen_before)
+            measure("netlink, full sync", lambda: cleaner.clean(v, full=True), ct, args.flows, args.stale)
+            if not args.no_tool:
+                measure("conntrack tool (old)", lambda: tool_path(v), ct, args.flows, args.stale, memory=False)
         print(f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     finally:
         ns_del(ns)

@@ -10,8 +10,11 @@ look at the UDP entries that belong to a service frontend and delete exactly the
 
 Nothing else is touched: a restart re-checks every entry instead of flushing all UDP flows.
 The decision (`stale_flows`) is pure; `ConntrackCleaner` only lists and deletes, over netlink
-(pyproxy/netlink/conntrack.py: one filtered dump, batched deletes; no `conntrack` process per flow). A delete
-that fails is retried at the next sync.
+(pyproxy/netlink/conntrack.py: filtered dumps, batched deletes; no `conntrack` process per flow).
+After a change of a few endpoints it asks the kernel only for the flows answered from the
+addresses that change can have made stale (`suspect_addresses`): the kernel builds no message
+for the rest of the table, most of a whole dump's cost. A full sync, a restart and a failed
+clean look at every UDP flow. A delete that fails is retried at the next sync.
 """
 
 from __future__ import annotations
@@ -66,6 +69,33 @@ class StaleRule:
         return bool(targets)  # met "no endpoints" while there are some now
 
 
+TARGETED_ADDRESSES = 16  # more suspects than this: one dump of the whole table is cheaper
+
+
+def suspect_addresses(old: dict, new: dict, node_ips) -> set[str]:
+    """The reply sources a flow made stale by this change can have, from the UDP service ports
+    before (`old`) and after (`new`), by key: the endpoints a port lost or a port that went had
+    (a flow DNAT'ed to one), and the frontends of ports that have endpoints now and had none or
+    did not exist (an un-NATed flow is answered from the frontend itself, a NodePort's from the
+    node's address)."""
+    out: set[str] = set()
+    for key, before in old.items():
+        after = new.get(key)
+        if after is before:
+            continue
+        kept = {(ep.ip, ep.port) for ep in after.reachable_endpoints} if after is not None and after.has_endpoints \
+            else set()
+        out.update(str(ep.ip) for ep in before.reachable_endpoints if (ep.ip, ep.port) not in kept)
+    for key, after in new.items():
+        before = old.get(key)
+        if after is before or not after.has_endpoints or (before is not None and before.has_endpoints):
+            continue
+        out.update(str(ip) for ip in (after.cluster_ip, *after.external_ips, *after.load_balancer_ips))
+        if after.node_port:
+            out.update(str(ip) for ip in node_ips)
+    return out
+
+
 def stale_flows(view: NodeView, flows: list[Flow], family: int) -> list[Flow]:
     """The UDP flows to a service frontend whose destination is no longer right."""
     import ipaddress
@@ -85,12 +115,16 @@ class ConntrackCleaner:
         self._udp_ports: dict[str, object] | None = None  # the UDP ports seen at the last clean
         self._socket: tuple[int, Conntrack] | None = None  # per network namespace, kept open
 
-    def _udp_unchanged(self, view: NodeView) -> bool:
-        """Flows go stale only when a UDP port's view changes; views are the same objects while
-        nothing changed, so most syncs skip listing the conntrack table (~10 ms) altogether."""
+    def _suspects(self, view: NodeView, full: bool) -> set[str] | None:
+        """The addresses to ask the kernel about (see suspect_addresses), an empty set when no
+        UDP port's view changed (views are the same objects while nothing changed, so most syncs
+        list nothing), None for every UDP flow."""
         ports = {sp.key: sp for sp in view.family(self.family) if sp.protocol == "UDP"}
         old, self._udp_ports = self._udp_ports, ports
-        return old is not None and old.keys() == ports.keys() and all(old[k] is sp for k, sp in ports.items())
+        if full or old is None:
+            return None
+        suspects = suspect_addresses(old, ports, view.node_ips_of(self.family))
+        return suspects if len(suspects) <= TARGETED_ADDRESSES else None
 
     def _conntrack(self) -> Conntrack:
         """The ctnetlink socket of the namespace this thread is in (opened once per namespace)."""
@@ -104,12 +138,17 @@ class ConntrackCleaner:
     def list_udp(self) -> list[Flow]:
         return [Flow(o[0], o[1], o[2], o[3], r[0], r[2]) for o, r in self._conntrack().flows(self.family, "udp")]
 
-    def clean(self, view: NodeView) -> int:
-        if self._udp_unchanged(view):
+    def clean(self, view: NodeView, full: bool = False) -> int:
+        suspects = self._suspects(view, full)
+        if suspects is not None and not suspects:
             return 0
         try:
             ct = self._conntrack()
-            stale = ct.flows(self.family, "udp", StaleRule(view, self.family))
+            rule = StaleRule(view, self.family)
+            if suspects is None:
+                stale = ct.flows(self.family, "udp", rule)
+            else:
+                stale = [flow for ip in sorted(suspects) for flow in ct.flows(self.family, "udp", rule, reply_src=ip)]
             return ct.delete([orig for orig, _ in stale], self.family, "udp")
         except (ConntrackError, OSError) as err:
             self._udp_ports = None  # check everything again at the next sync

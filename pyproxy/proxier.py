@@ -117,7 +117,7 @@ class Proxier:
             report.rule_counts[family] = self.mode.rule_counts(backend)
             report.rules_written[family] = self.mode.rules_written(backend)
             started = time.monotonic()
-            report.stale_flows[family] = self.cleaners[family].clean(view)
+            report.stale_flows[family] = self.cleaners[family].clean(view, full)
             report.conntrack_seconds[family] = time.monotonic() - started
         if not self._other_mode_cleaned:
             self._clean_other_modes()

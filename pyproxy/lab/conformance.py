@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 
 from .. import netns
 from . import imagebuild, proxies, realnode, upstream
-from .lab import Lab
+from .controlplane import ControlPlaneError
+from .images import ImageError
+from .lab import Lab, LabError
 from .spec import parse_spec
 
 SERVICES = r"\[sig-network\] Services.*\[Conformance\]"
@@ -148,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     except (upstream.UpstreamError, imagebuild.ImageBuildError) as err:
         print(f"conformance: {err}", file=sys.stderr)
         return 1
-    runs = [run_one(proxy, archives[proxy], args) for proxy in chosen]
+    try:
+        runs = [run_one(proxy, archives[proxy], args) for proxy in chosen]
+    except (ControlPlaneError, ImageError, LabError, realnode.NodeError) as err:
+        print(f"conformance: the cluster did not come up: {err}", file=sys.stderr)
+        return 1
     if not args.up:
         print(side_by_side(runs))
     return max(r.exit_code for r in runs)

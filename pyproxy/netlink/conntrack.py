@@ -27,8 +27,8 @@ CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_FILTER = 1, 2, 25
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
-CTA_FILTER_ORIG_FLAGS = 1
-CTA_FILTER_FLAG_CTA_PROTO_NUM = 1 << 3
+CTA_FILTER_ORIG_FLAGS, CTA_FILTER_REPLY_FLAGS = 1, 2
+CTA_FILTER_FLAG_CTA_IP_SRC, CTA_FILTER_FLAG_CTA_PROTO_NUM = 1 << 0, 1 << 3
 PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
 # The kernel lays out an IPv4 flow's two tuples always the same way (ip {src, dst}, proto {num,
 # sport, dport}): 52 bytes each. Read at fixed offsets when the layout is that one, which is
@@ -96,22 +96,34 @@ class Conntrack:
         self.seq += 1
         return netfilter_message((NFNL_SUBSYS_CTNETLINK << 8) | msg, flags, self.seq, family, body)
 
-    def flows(self, family: int = 4, protocol: str = "udp", wanted=None) -> list[tuple[Tuple, Tuple]]:
+    def flows(self, family: int = 4, protocol: str = "udp", wanted=None, reply_src: str = "") -> list[tuple[Tuple, Tuple]]:
         """(original tuple, reply tuple) of every flow of `protocol` in this namespace; with
         `wanted(orig_src, orig_dst, orig_sport, orig_dport, reply_src, reply_sport)` (addresses
-        packed, ports as numbers), only the flows it accepts: the others cost no objects."""
+        packed, ports as numbers), only the flows it accepts: the others cost no objects. With
+        `reply_src`, only flows whose reply comes from that address (a DNAT target): the kernel
+        walks its table but builds no message for the rest, the bulk of a dump's cost."""
         af = socket.AF_INET if family == 4 else socket.AF_INET6
         number = PROTOCOLS[protocol]
-        proto = nested(CTA_TUPLE_ORIG, nested(CTA_TUPLE_PROTO, attr(CTA_PROTO_NUM, bytes([number]))))
-        only = nested(CTA_FILTER, attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", CTA_FILTER_FLAG_CTA_PROTO_NUM)))
+        body = nested(CTA_TUPLE_ORIG, nested(CTA_TUPLE_PROTO, attr(CTA_PROTO_NUM, bytes([number]))))
+        flags = attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", CTA_FILTER_FLAG_CTA_PROTO_NUM))
+        if reply_src:
+            body += nested(CTA_TUPLE_REPLY, nested(CTA_TUPLE_IP, attr(
+                CTA_IP_V4_SRC if family == 4 else CTA_IP_V6_SRC, ipaddress.ip_address(reply_src).packed)))
+            flags += attr(CTA_FILTER_REPLY_FLAGS, struct.pack("=I", CTA_FILTER_FLAG_CTA_IP_SRC))
         try:
-            return self._dump(af, proto + only, number, wanted)
+            return self._dump(af, body + nested(CTA_FILTER, flags), number, wanted, reply_src)
         except ConntrackError as err:
             if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
                 raise
-            return self._dump(af, b"", number, wanted)  # a kernel without dump filters: filter here
+            # a kernel without dump filters: filter here
+            return self._dump(af, b"", number, wanted, reply_src)
 
-    def _dump(self, af: int, body: bytes, protocol: int, wanted) -> list[tuple[Tuple, Tuple]]:
+    def _dump(self, af: int, body: bytes, protocol: int, wanted, reply_src: str = "") -> list[tuple[Tuple, Tuple]]:
+        if reply_src and not body:  # the kernel did not filter: keep its promise here
+            src = ipaddress.ip_address(reply_src).packed
+            inner = wanted
+            wanted = lambda o_s, o_d, o_sp, o_dp, r_s, r_sp: r_s == src and (  # noqa: E731
+                inner is None or inner(o_s, o_d, o_sp, o_dp, r_s, r_sp))
         self.sock.send(self._message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, af, body))
         out = []
         while True:
