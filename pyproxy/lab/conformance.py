@@ -28,7 +28,6 @@ from . import imagebuild, proxies, realnode, upstream
 from .controlplane import ControlPlaneError
 from .images import ImageError
 from .lab import Lab, LabError
-from .spec import parse_spec
 
 SERVICES = r"\[sig-network\] Services.*\[Conformance\]"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,20 +68,10 @@ def junit_results(path: str) -> dict[str, str]:
     return results
 
 
-def lab_for(name: str) -> tuple[Lab, dict]:
-    raw = {"name": name, "controlPlane": "kubernetes",
-           "nodes": [{"name": "node1", "podCIDR": "10.244.1.0/24"}, {"name": "node2", "podCIDR": "10.244.2.0/24"}]}
-    return Lab(parse_spec(raw)), raw
-
-
 def run_one(proxy: str, archive: str, args) -> Run:
     run = Run(proxy)
-    lab, raw = lab_for(args.name)
     started = time.monotonic()
-    lab.up(raw, replace=True)
-    try:
-        nodes = realnode.start_lab_nodes(lab)
-        realnode.start_cluster_services(lab)
+    with realnode.two_node_cluster(args.name, services=True, keep=args.keep, replace=True) as (lab, nodes):
         run.timings["cluster up"] = time.monotonic() - started
         run.timings["apply to Ready"] = realnode.apply_daemonset(lab, nodes, archive, MANIFESTS[proxy])
         print(f"{proxy}: cluster up in {run.timings['cluster up']:.1f}s, kubectl apply to Ready on both nodes in "
@@ -107,10 +96,6 @@ def run_one(proxy: str, archive: str, args) -> Run:
         print(f"{proxy}: e2e.test exit {proc.returncode} after {run.timings['e2e']:.0f}s; "
               f"{run.count('passed')} passed, {run.count('failed')} failed; full log {log}", flush=True)
         return run
-    finally:
-        if not args.keep:
-            realnode.stop_lab_nodes(lab)
-            lab.down()
 
 
 def side_by_side(runs: list[Run]) -> str:

@@ -29,6 +29,7 @@ defaults that escape --root-dir (--cert-dir, podLogsDir, volumePluginDir) are se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -446,6 +447,29 @@ def start_lab_nodes(lab, timeout: float = 90) -> list[RealNode]:
         stop_lab_nodes(lab)
         raise
     return nodes
+
+
+@contextlib.contextmanager
+def two_node_cluster(name: str, services: bool = False, keep: bool = False, replace: bool = False):
+    """A lab of two real nodes (node1, node2) on the real control plane, as (lab, nodes); with
+    `services` also what upstream's e2e suite expects (start_cluster_services). Taken down on
+    exit unless `keep`."""
+    from .lab import Lab
+    from .spec import parse_spec
+
+    raw = {"name": name, "controlPlane": "kubernetes",
+           "nodes": [{"name": "node1", "podCIDR": "10.244.1.0/24"}, {"name": "node2", "podCIDR": "10.244.2.0/24"}]}
+    lab = Lab(parse_spec(raw))
+    lab.up(raw, replace=replace)
+    try:
+        nodes = start_lab_nodes(lab)
+        if services:
+            start_cluster_services(lab)
+        yield lab, nodes
+    finally:
+        if not keep:
+            stop_lab_nodes(lab)
+            lab.down()
 
 
 def stop_lab_nodes(lab) -> None:

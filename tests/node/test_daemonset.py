@@ -13,8 +13,6 @@ import uuid
 import pytest
 
 from pyproxy.lab import imagebuild, proxies, realnode
-from pyproxy.lab.lab import Lab
-from pyproxy.lab.spec import parse_spec
 from tests.node.test_real_node import _dial, _get, _ready
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -28,20 +26,10 @@ def cluster(real_node_programs):
         archive = imagebuild.build_pyproxy_image(ROOT, image)
     except imagebuild.ImageBuildError as err:
         pytest.fail(f"pyproxy's image could not be built from the Dockerfile: {err}")
-    name = "ds" + uuid.uuid4().hex[:6]
-    raw = {"name": name, "controlPlane": "kubernetes",
-           "nodes": [{"name": "node1", "podCIDR": "10.244.1.0/24"}, {"name": "node2", "podCIDR": "10.244.2.0/24"}]}
-    lab = Lab(parse_spec(raw))
-    lab.up(raw)
-    try:
-        nodes = realnode.start_lab_nodes(lab)
-        realnode.start_cluster_services(lab)
+    with realnode.two_node_cluster("ds" + uuid.uuid4().hex[:6], services=True) as (lab, nodes):
         took = realnode.apply_daemonset(lab, nodes, archive, os.path.join(ROOT, "daemonset.yaml"))
         print(f"kubectl apply -f daemonset.yaml to pyproxy Ready on both nodes: {took:.1f}s")
         yield lab
-    finally:
-        realnode.stop_lab_nodes(lab)
-        lab.down()
 
 
 def _daemonset_image() -> str:

@@ -13,8 +13,6 @@ import pytest
 
 from pyproxy import netns
 from pyproxy.lab import proxies, realnode
-from pyproxy.lab.lab import Lab
-from pyproxy.lab.spec import parse_spec
 
 
 def _get(ns: str, url: str, timeout: float = 5) -> str:
@@ -25,19 +23,10 @@ def _get(ns: str, url: str, timeout: float = 5) -> str:
 
 @pytest.fixture(scope="module")
 def real_cluster(real_node_programs):
-    name = "rn" + uuid.uuid4().hex[:6]
-    raw = {"name": name, "controlPlane": "kubernetes",
-           "nodes": [{"name": "node1", "podCIDR": "10.244.1.0/24"}, {"name": "node2", "podCIDR": "10.244.2.0/24"}]}
-    lab = Lab(parse_spec(raw))
-    lab.up(raw)
-    try:
-        started = time.monotonic()
-        realnode.start_lab_nodes(lab)
-        print(f"real nodes Ready in {time.monotonic() - started:.1f}s")
+    started = time.monotonic()
+    with realnode.two_node_cluster("rn" + uuid.uuid4().hex[:6]) as (lab, _):
+        print(f"lab and real nodes Ready in {time.monotonic() - started:.1f}s")
         yield lab
-    finally:
-        realnode.stop_lab_nodes(lab)
-        lab.down()
 
 
 def _ready(pod: dict) -> bool:
