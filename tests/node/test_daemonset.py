@@ -5,36 +5,28 @@ scheduler) behind a ClusterIP, a NodePort and an eTP=Local NodePort, and a name 
 CoreDNS's `kube-dns` Service, which pyproxy programs too."""
 
 import json
-import os
 import time
 import urllib.parse
 import uuid
 
 import pytest
 
-from pyproxy.lab import imagebuild, proxies, realnode
+from pyproxy.lab import conformance, imagebuild, realnode
 from tests.node.test_real_node import _dial, _get, _ready
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 CLUSTER_IP, NODE_PORT, LOCAL_NODE_PORT = "10.96.0.50", 30080, 30081
 
 
 @pytest.fixture(scope="module")
 def cluster(real_node_programs):
     try:
-        image = imagebuild.normalized(_daemonset_image())
-        archive = imagebuild.build_pyproxy_image(ROOT, image)
+        archive = conformance.proxy_image("pyproxy")
     except imagebuild.ImageBuildError as err:
         pytest.fail(f"pyproxy's image could not be built from the Dockerfile: {err}")
     with realnode.two_node_cluster("ds" + uuid.uuid4().hex[:6], services=True) as (lab, nodes):
-        took = realnode.apply_daemonset(lab, nodes, archive, os.path.join(ROOT, "daemonset.yaml"))
+        took = realnode.apply_daemonset(lab, nodes, archive, conformance.MANIFESTS["pyproxy"])
         print(f"kubectl apply -f daemonset.yaml to pyproxy Ready on both nodes: {took:.1f}s")
         yield lab
-
-
-def _daemonset_image() -> str:
-    ds = next(o for o in proxies.daemonset_objects() if o["kind"] == "DaemonSet")
-    return ds["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
 def _deployment(name: str, replicas: int) -> dict:
