@@ -16,6 +16,7 @@ import pytest
 
 from pyproxy import netns
 from pyproxy.config import ProxyConfig
+from pyproxy.iptables.apply import IptablesBackend
 from pyproxy.model import parse_objects
 from pyproxy.proxier import Proxier
 
@@ -50,9 +51,10 @@ def foreign_rules(ns: str, variant: str) -> list[str]:
 
 def sync_while_it_writes(ns: str, proxier: Proxier, writer, stop: threading.Event, count, seconds: float
                          ) -> tuple[int, int]:
-    """Full (every third) and partial syncs while `writer` runs in a thread, a packet for the
-    foreign counter after each; the counter (read by `count`) never goes down. Returns (last
-    count, syncs + 1)."""
+    """Partial syncs, full ones (every third) and restarts (every fifth: a new Proxier that
+    remembers nothing, the cold start) while `writer` runs in a thread, a packet for the foreign
+    counter after each; the counter (read by `count`) never goes down. Returns (last count,
+    syncs + 1)."""
     thread = threading.Thread(target=writer)
     thread.start()
     last, generation = 0, 1
@@ -60,6 +62,8 @@ def sync_while_it_writes(ns: str, proxier: Proxier, writer, stop: threading.Even
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             with netns.entered(ns):
+                if generation % 5 == 0:
+                    proxier = Proxier(proxier.node_name, proxier.config, tuple(proxier.backends))
                 proxier.sync(cluster(generation), full=generation % 3 == 0)
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                     sock.sendto(b"x", ("127.0.0.1", 9))  # counted by the foreign rule
@@ -74,7 +78,9 @@ def sync_while_it_writes(ns: str, proxier: Proxier, writer, stop: threading.Even
 
 
 @pytest.mark.parametrize("variant", ["nft", "legacy"])
-def test_foreign_rules_added_during_full_and_partial_syncs_survive(namespaces, variant):
+def test_foreign_rules_added_during_full_and_partial_syncs_survive(namespaces, variant, monkeypatch):
+    # 200 services' 800 chains in transactions of 50, as 10,000 services' go in transactions of 2,000
+    monkeypatch.setattr(IptablesBackend, "NOFLUSH_BATCH_CHAINS", 50)
     ns = namespaces.new("neigh")
     tool = ["ip", "netns", "exec", ns, f"iptables-{variant}", "-w"]
     subprocess.run([*tool, "-A", "OUTPUT", "-o", "lo", "-p", "udp", "--dport", "9", "-m", "comment", "--comment",
