@@ -8,11 +8,13 @@ others from being programmed. Kinds pyproxy does not use are ignored silently.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from typing import Any, Iterable
 
 from . import names
 from .cluster import Cluster
 from .types import (
+    SERVICE_LABEL_PREFIX,
     SERVICE_NAME_LABEL,
     TOPOLOGY_HINTS_ANNOTATION,
     TOPOLOGY_MODE_ANNOTATION,
@@ -70,24 +72,26 @@ class _Reader:
             raise self.fail(path, f"invalid port {names.shown(value)} (1-65535)")
         return value
 
-    def labels(self, labels: dict) -> tuple[tuple[str, str], ...]:
+    def labels(self, labels: dict, prefix: str = "") -> tuple[tuple[str, str], ...]:
+        """The labels (only those under `prefix`: what pyproxy reads; a model of 100,000 objects
+        should not carry every app's labels)."""
         for key, value in labels.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise self.fail("metadata.labels", f"keys and values must be strings, got {names.shown(key)}")
-        return tuple(sorted(labels.items()))
+        return tuple(sorted((sys.intern(k), sys.intern(v)) for k, v in labels.items() if k.startswith(prefix)))
 
     def name(self, value: str, path: str, rule) -> str:
         """An optional name (empty is allowed) that must follow `rule` when set."""
         problem = rule(value) if value else None
         if problem:
             raise self.fail(path, problem)
-        return value
+        return sys.intern(value)  # port and node names repeat across thousands of objects
 
     def protocol(self, value: Any, path: str) -> str:
         value = value or "TCP"
         if value not in PROTOCOLS:
             raise self.fail(path, f"unsupported protocol {names.shown(value)} (TCP, UDP, SCTP)")
-        return value
+        return PROTOCOLS[PROTOCOLS.index(value)]
 
 
 # The name rule the API server applies to each kind's metadata.name.
@@ -120,7 +124,7 @@ def _meta(raw: dict, kind: str) -> tuple[str, str, dict, dict]:
     annotations = meta.get("annotations") or {}
     if not isinstance(labels, dict) or not isinstance(annotations, dict):
         raise ValidationError(f"{kind} {namespace}/{name}", "metadata", "labels/annotations must be maps")
-    return namespace, name, labels, annotations
+    return sys.intern(namespace), name, labels, annotations
 
 
 def parse_service(raw: dict) -> Service:
@@ -198,17 +202,17 @@ def parse_service(raw: dict) -> Service:
     hc = r.get(spec, "spec", "healthCheckNodePort", int, 0)
     topology = annotations.get(TOPOLOGY_MODE_ANNOTATION) or annotations.get(TOPOLOGY_HINTS_ANNOTATION) or ""
     return Service(
-        namespace=namespace, name=name, type=svc_type, cluster_ips=cluster_ips, headless=headless,
+        namespace=namespace, name=name, type=SERVICE_TYPES[SERVICE_TYPES.index(svc_type)], cluster_ips=cluster_ips, headless=headless,
         ports=tuple(ports), external_ips=external_ips, load_balancer_ips=tuple(lb_ips),
         load_balancer_source_ranges=tuple(ranges),
-        external_traffic_policy=etp, internal_traffic_policy=itp,
+        external_traffic_policy=sys.intern(etp), internal_traffic_policy=sys.intern(itp),
         health_check_node_port=r.port(hc, "spec.healthCheckNodePort", allow_zero=True) if etp == "Local" else 0,
         session_affinity_timeout=timeout,
         traffic_distribution=r.get(spec, "spec", "trafficDistribution", str, ""),
         topology_mode=topology.lower() if isinstance(topology, str) else "",
         publish_not_ready_addresses=r.get(spec, "spec", "publishNotReadyAddresses", bool, False),
         external_name=r.get(spec, "spec", "externalName", str, ""),
-        labels=r.labels(labels),
+        labels=r.labels(labels, SERVICE_LABEL_PREFIX),
     )
 
 
@@ -221,9 +225,10 @@ def parse_endpoint_slice(raw: dict) -> EndpointSlice | None:
     if address_type not in ("IPv4", "IPv6"):
         raise r.fail("addressType", f"must be IPv4, IPv6 or FQDN, got {names.shown(address_type)}")
     service = labels.get(SERVICE_NAME_LABEL)
-    if not service:
-        raise r.fail(f"metadata.labels[{SERVICE_NAME_LABEL}]", "required: the slice names no service")
-    r.name(service if isinstance(service, str) else "", f"metadata.labels[{SERVICE_NAME_LABEL}]", names.dns1035_label)
+    if not service or not isinstance(service, str):
+        raise r.fail(f"metadata.labels[{SERVICE_NAME_LABEL}]",
+                     "required: the slice names no service" if not service else f"expected a string, got {names.shown(service)}")
+    service = r.name(service, f"metadata.labels[{SERVICE_NAME_LABEL}]", names.dns1035_label)
     version = 4 if address_type == "IPv4" else 6
     endpoints = []
     for i, ep in enumerate(r.get(raw, "", "endpoints", list, [])):
@@ -258,7 +263,7 @@ def parse_endpoint_slice(raw: dict) -> EndpointSlice | None:
         ports.append(EndpointPort(r.name(r.get(p, path, "name", str, ""), f"{path}.name", names.dns1123_label),
                                   r.protocol(p.get("protocol"), f"{path}.protocol"),
                                   r.port(port, f"{path}.port")))
-    return EndpointSlice(namespace, name, service, address_type, tuple(endpoints), tuple(ports),
+    return EndpointSlice(namespace, name, service, sys.intern(address_type), tuple(endpoints), tuple(ports),
                          r.get(annotations, "metadata.annotations", TRIGGER_TIME_ANNOTATION, str, ""))
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+SERVICE_LABEL_PREFIX = "service.kubernetes.io/"  # the only Service labels the model keeps
 SERVICE_PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 TOPOLOGY_MODE_ANNOTATION = "service.kubernetes.io/topology-mode"
@@ -47,7 +48,7 @@ class Service:
     topology_mode: str = ""  # the topology-mode annotation, lowercased
     publish_not_ready_addresses: bool = False
     external_name: str = ""
-    labels: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()  # those under SERVICE_LABEL_PREFIX
 
     @property
     def key(self) -> str:
