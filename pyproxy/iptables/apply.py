@@ -1,10 +1,10 @@
-"""Reconcile the kernel's iptables with a rendered Ruleset: the only place that runs iptables.
+"""Reconcile the kernel's iptables with a rendered Ruleset (through pyproxy.xtables' client).
 
 Every write is an `iptables-restore --noflush --wait` call (atomic per table) naming only chains
 of ours and our jumps, legacy or nft variant. A full sync writes every chain of ours (with nft,
 every one that differs from the kernel, in transactions of a bounded size), adds missing jumps
-from the built-in chains and deletes stale service chains it finds with iptables-save. A partial sync writes only what changed
-since the last successful sync: the shared chains whose lines differ and the own chains of
+from the built-in chains and deletes stale service chains it finds with iptables-save. A partial
+sync writes only what changed since the last successful sync: the shared chains whose lines differ and the own chains of
 services whose rendered rules are new (the Renderer hands back the very same object for an
 unchanged service, so "changed" is an identity test). Anything unusual (a failed restore, a
 missing canary) makes the next sync a full one; a failed restore leaves the previous rules.
@@ -12,26 +12,24 @@ missing canary) makes the next sync a full one; a failed restore leaves the prev
 
 from __future__ import annotations
 
-import functools
 import itertools
-import shutil
-import subprocess
-import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterator
 
-from ..backend import SyncError, SyncResult
-from .render import (
+from ..backend import SyncResult
+from ..xtables.client import ApplyError, XtablesClient
+from ..xtables.rules import (
     CANARY,
     SERVICE_CHAIN_PREFIXES,
-    Jump,
-    LazyRuleset,
-    Prerendered,
-    Ruleset,
-    ServiceRules,
+    LiveTable,
+    chain_removal,
     is_service_chain,
+    missing_jumps,
+    rules_per_chain,
 )
+from .render import LazyRuleset, Prerendered, Ruleset, ServiceRules
+
+__all__ = ["ApplyError", "IptablesBackend", "OWN_CHAINS"]
 
 # Chains pyproxy (like kube-proxy) owns outright; `cleanup` removes these and the jumps to them.
 OWN_CHAINS = {
@@ -42,113 +40,12 @@ OWN_CHAINS = {
 }
 
 
-class ApplyError(SyncError):
-    pass
-
-
-@dataclass
-class LiveTable:
-    chains: set[str] = field(default_factory=set)
-    rules: list[str] = field(default_factory=list)  # "-A CHAIN ..." lines as iptables-save prints them
-    declarations: list[str] = field(default_factory=list)  # ":CHAIN POLICY [counters]" lines
-
-
-def parse_save(text: str) -> dict[str, LiveTable]:
-    tables: dict[str, LiveTable] = {}
-    current = LiveTable()
-    for line in text.splitlines():
-        if line.startswith("*"):
-            current = tables.setdefault(line[1:].strip(), LiveTable())
-        elif line.startswith(":"):
-            current.chains.add(line[1:].split()[0])
-            current.declarations.append(line)
-        elif line.startswith("-A "):
-            current.rules.append(line)
-    return tables
-
-
-def detect_variant(family: int = 4) -> str:
-    """Follow the host: use the variant that already holds rules, else the system default."""
-    base = "iptables" if family == 4 else "ip6tables"
-    counts = {}
-    for variant in ("legacy", "nft"):
-        tool = f"{base}-{variant}-save"
-        if shutil.which(tool):
-            out = subprocess.run([tool], capture_output=True, text=True).stdout
-            counts[variant] = sum(1 for line in out.splitlines() if line.startswith("-A "))
-    if counts.get("legacy", 0) > counts.get("nft", 0):
-        return "legacy"
-    if counts.get("nft", 0):
-        return "nft"
-    version = subprocess.run([base, "--version"], capture_output=True, text=True).stdout
-    return "legacy" if "legacy" in version else "nft"
-
-
-class IptablesBackend:
+class IptablesBackend(XtablesClient):
     def __init__(self, family: int = 4, variant: str = "auto") -> None:
-        self.family = family
-        self._variant = variant
+        super().__init__(family, variant)
         self._services: dict[str, ServiceRules] | None = None  # what the kernel holds, by service port
         self._shared: dict[tuple[str, str], list[str]] = {}
         self.last_ruleset: Ruleset | None = None  # what the last successful sync applied
-        self.last_rules_written: dict[str, int] = {}  # table -> rules the last sync wrote
-
-    @functools.cached_property
-    def variant(self) -> str:
-        """legacy or nft; "auto" asks the node at first use, not at construction."""
-        return detect_variant(self.family) if self._variant == "auto" else self._variant
-
-    @functools.cached_property
-    def tool(self) -> str:
-        return f"{'iptables' if self.family == 4 else 'ip6tables'}-{self.variant}"
-
-    @functools.cached_property
-    def save_tool(self) -> str:
-        return self.tool + "-save"
-
-    @functools.cached_property
-    def restore_tool(self) -> str:
-        return self.tool + "-restore"
-
-    # -- kernel I/O --------------------------------------------------------------------------------
-
-    def save(self, *tables: str) -> dict[str, LiveTable]:
-        out: dict[str, LiveTable] = {}
-        for table in tables:
-            proc = subprocess.run([self.save_tool, "-t", table], capture_output=True, text=True)
-            if proc.returncode:
-                raise ApplyError(f"{self.save_tool} -t {table}: {proc.stderr.strip()}")
-            out.update(parse_save(proc.stdout))
-            out.setdefault(table, LiveTable())
-        return out
-
-    def restore(self, lines: Iterable[str], noflush: bool = True) -> int:
-        """Feed lines to iptables-restore as they are produced; return the bytes written.
-
-        Streaming keeps a big ruleset out of memory as one string, and lets iptables-restore
-        parse on the other core while Python is still rendering."""
-        cmd = [self.restore_tool, "--wait", *(["--noflush"] if noflush else [])]
-        written = 0
-        rules = self.last_rules_written  # table -> "-A" lines written this sync, counted as they stream by
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
-            assert proc.stdin is not None
-            try:
-                for batch in _batches(_counted(lines, rules), 4096):
-                    data = batch.encode()
-                    proc.stdin.write(data)
-                    written += len(data)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # it gave up early; its stderr says why
-            if proc.wait():
-                err.seek(0)
-                raise ApplyError(f"{self.restore_tool} failed: {err.read().decode(errors='replace').strip()}")
-        return written
-
-    def canary_present(self) -> bool:
-        proc = subprocess.run([self.tool, "-w", "-t", "mangle", "-S", CANARY], capture_output=True)
-        return proc.returncode == 0
 
     # -- syncs ---------------------------------------------------------------------------------------
 
@@ -224,7 +121,7 @@ class IptablesBackend:
             return (chain not in live[table].chains or in_kernel.get(chain, 0) != len(lines)
                     or remembered.get((table, chain)) != lines)
 
-        counts = {table: _rules_per_chain(live[table]) for table in ("filter", "nat")}
+        counts = {table: rules_per_chain(live[table]) for table in ("filter", "nat")}
         transactions: list[list[str]] = []
         # the shared chains a service's rules jump to (KUBE-MARK-MASQ) exist, empty, from the first
         # transaction on; nothing jumps into a missing one yet, and they get their rules below
@@ -337,73 +234,6 @@ class IptablesBackend:
         return removed
 
 
-def _counted(lines: Iterable[str], rules: dict[str, int]) -> Iterator[str]:
-    """The lines, counting the rules ("-A") of each table ("*nat") in `rules` on the way."""
-    table = ""
-    for line in lines:
-        if line.startswith("-A"):
-            rules[table] = rules.get(table, 0) + 1
-        elif line.startswith("*"):
-            table = line[1:]
-            rules.setdefault(table, 0)
-        yield line
-
-
-def _batches(lines: Iterable[str], size: int) -> Iterator[str]:
-    batch: list[str] = []
-    for line in lines:
-        batch.append(line)
-        if len(batch) >= size:
-            yield "\n".join(batch) + "\n"
-            batch.clear()
-    if batch:
-        yield "\n".join(batch) + "\n"
-
-
-def chain_removal(state: LiveTable, chains: list[str]) -> tuple[list[str], list[str]]:
-    """iptables-restore --noflush lines that remove `chains` from a table: (deletes of the rules
-    elsewhere that jump into them, then the lines that flush and delete them). The deletes must
-    come before anything in the same transaction flushes the chains those rules sit in."""
-    gone = set(chains)
-    deletes = [rule.replace("-A ", "-D ", 1) for rule in state.rules
-               if rule.split()[1] not in gone and _target(rule) in gone]
-    return deletes, [f":{c} - [0:0]" for c in chains] + [f"-X {c}" for c in chains]
-
-
-def _rules_per_chain(state: LiveTable) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for rule in state.rules:
-        chain = rule.split(None, 2)[1]
-        counts[chain] = counts.get(chain, 0) + 1
-    return counts
-
-
 def _declared(transaction: list[str]) -> Iterator[str]:
     return (line[1:].split(None, 1)[0] for line in transaction if line.startswith(":"))
 
-
-def _target(rule: str) -> str:
-    words = rule.split()
-    return words[words.index("-j") + 1] if "-j" in words else ""
-
-
-def missing_jumps(jumps: list[Jump], table: str, live: LiveTable) -> list[str]:
-    """`-I CHAIN 1 ...` for each jump not already in the built-in chain (matched by chain, target and
-    comment, as iptables-save rewrites the rest of the rule)."""
-    present = {(rule.split()[1], _target(rule), _comment_of(rule)) for rule in live.rules}
-    out = []
-    for jump in jumps:
-        if jump.table != table:
-            continue
-        if (jump.chain, jump.target, _comment_of(jump.rule())) not in present:
-            out.append(f"-I {jump.chain} 1 {jump.rule()}".replace("  ", " "))
-    return out
-
-
-def _comment_of(rule: str) -> str:
-    if "--comment" not in rule:
-        return ""
-    rest = rule.split("--comment", 1)[1].strip()
-    if rest.startswith('"'):
-        return rest[1:].split('"', 1)[0]
-    return rest.split()[0]

@@ -13,8 +13,9 @@ import difflib
 import subprocess
 
 from .. import netns
-from .apply import IptablesBackend, OWN_CHAINS
-from .render import SERVICE_CHAIN_PREFIXES, Ruleset
+from ..xtables.rules import SERVICE_CHAIN_PREFIXES
+from .apply import OWN_CHAINS, IptablesBackend
+from .render import Ruleset
 
 
 def ours(save_text: str) -> list[str]:

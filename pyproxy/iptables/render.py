@@ -18,7 +18,8 @@ from ..backend import PortMemo
 from ..chainhash import chain_hash, port_proto_hash
 from ..config import ProxyConfig
 from ..rendertext import object_text
-from ..view import (LocalTraffic, NodeView, ServicePortView, local_traffic, node_port_ips,
+from ..xtables.rules import Jump, local_match
+from ..view import (NodeView, ServicePortView, local_traffic, node_port_ips,
                     source_ranges_admit_node)
 
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -29,24 +30,9 @@ KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 KUBE_FORWARD = "KUBE-FORWARD"
 KUBE_PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 KUBE_FIREWALL = "KUBE-FIREWALL"  # kubelet's localnet guard, written by kube-proxy too
-CANARY = "KUBE-PROXY-CANARY"
-SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
 NAT_CHAINS = (KUBE_NODEPORTS, KUBE_SERVICES, KUBE_MARK_MASQ, KUBE_POSTROUTING)  # the shared ones
 # kube-proxy drops per-endpoint comments above this many endpoints (largeClusterMode).
 LARGE_CLUSTER_ENDPOINTS = 1000
-
-
-@dataclass(frozen=True)
-class Jump:
-    """A rule in a built-in chain that leads into ours (kept, never flushed, by apply)."""
-
-    table: str
-    chain: str
-    args: tuple[str, ...]
-    target: str
-
-    def rule(self) -> str:
-        return " ".join((*self.args, "-j", self.target))
 
 
 # kube-proxy's iptablesJumpChains, in its order; each is prepended, so the last ends up first.
@@ -89,10 +75,6 @@ def probability(n: int) -> str:
     return f"{1.0 / n:0.10f}"
 
 
-def is_service_chain(name: str) -> bool:
-    return name.startswith(SERVICE_CHAIN_PREFIXES)
-
-
 @dataclass
 class ServiceRules:
     """One service port's share of the ruleset."""
@@ -120,14 +102,6 @@ class Context:
         return cls(family, config.masquerade_mark, config.masquerade_all,
                    (local_match(local), local_match(local, negate=True)) if local else None,
                    view.node_ips_of(family), endpoints > LARGE_CLUSTER_ENDPOINTS)
-
-
-def local_match(local: LocalTraffic, negate: bool = False) -> list[str]:
-    """The local-traffic detector as iptables match arguments (IPVS mode's iptables rules too)."""
-    neg = ["!"] if negate else []
-    if local.cidr:
-        return [*neg, "-s", local.cidr]
-    return [*neg, "-i", local.interface + ("+" if local.prefix else "")]
 
 
 def _comment(text: str) -> tuple[str, ...]:

@@ -20,8 +20,8 @@ import subprocess
 import time
 
 from ..backend import SyncError, SyncResult
-from ..iptables.apply import IptablesBackend, chain_removal, missing_jumps
-from ..iptables.render import CANARY, Jump, is_service_chain
+from ..xtables.client import XtablesClient
+from ..xtables.rules import CANARY, Jump, chain_removal, is_service_chain, missing_jumps
 from ..netlink.ipvs import DEL_DEST, DEL_SERVICE, NEW_DEST, NEW_SERVICE, SET_DEST, SET_SERVICE, Dest, IpvsSocket, Service
 from ..netlink.route import Netlink
 from .render import DUMMY_DEVICE, IPSETS, IpvsRuleset, PortIpvs, RealServer, set_name
@@ -52,7 +52,7 @@ class IpvsBackend:
     def __init__(self, family: int = 4, variant: str = "auto", strict_arp: bool = False,
                  exclude_cidrs: tuple = ()) -> None:
         self.family = family
-        self.iptables = IptablesBackend(family, variant)
+        self.iptables = XtablesClient(family, variant)
         self.strict_arp = strict_arp
         self.exclude = exclude_cidrs
         self._ports: dict[str, PortIpvs] | None = None  # what the kernel holds, by service port

@@ -12,7 +12,7 @@ import difflib
 import subprocess
 
 from .. import netns
-from ..iptables.apply import IptablesBackend
+from ..xtables.client import XtablesClient
 from ..netlink.ipvs import IpvsSocket
 from ..netlink.route import Netlink
 from .apply import IpvsBackend, _live, _live_sets, ensure_ip_vs
@@ -34,7 +34,7 @@ def live_addresses(family: int) -> list[str]:
         return [str(i.ip) for i in nl.addresses(link.index) if i.version == family] if link else []
 
 
-def chain_rules(backend: IptablesBackend, chains: dict[str, set[str]]) -> list[str]:
+def chain_rules(backend: XtablesClient, chains: dict[str, set[str]]) -> list[str]:
     live = backend.save("nat", "filter")
     return [f"{table}: {rule}" for table in ("nat", "filter") for rule in live[table].rules
             if rule.split()[1] in chains[table]]
@@ -44,7 +44,7 @@ def expected_rules(ruleset: IpvsRuleset, variant: str, chains: dict[str, set[str
     with netns.scratch():
         subprocess.run(["ipset", "restore", "-exist"], input="\n".join(
             line for line in ruleset.ipset_lines() if line.startswith("create ")) + "\n", text=True, check=True)
-        backend = IptablesBackend(ruleset.family, variant)
+        backend = XtablesClient(ruleset.family, variant)
         backend.restore(ruleset.nat + ruleset.filter)
         return chain_rules(backend, chains)
 

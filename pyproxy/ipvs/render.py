@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 from ..backend import PortMemo
 from ..config import ProxyConfig
-from ..iptables.render import local_match
 from ..view import NodeView, ServicePortView, local_traffic, node_port_ips, source_ranges_admit_node
+from ..xtables.rules import local_match
 
 DUMMY_DEVICE = "kube-ipvs0"
 PERSISTENT = 0x1  # IP_VS_SVC_F_PERSISTENT
