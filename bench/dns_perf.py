@@ -28,7 +28,7 @@ import yaml
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 sys.path.insert(0, ROOT)
 
-from pyproxy.dns.zone import build_zone  # noqa: E402
+from pyproxy.dns.zone import build_zone, name_of  # noqa: E402
 from pyproxy.model import parse_objects  # noqa: E402
 
 
@@ -52,7 +52,8 @@ def master_file(objs: list[dict]) -> str:
     lines = [f"$ORIGIN {zone.origin.to_text()}", f"$TTL {zone.ttl}",
              f"@ IN SOA {zone.soa[0].mname} {zone.soa[0].rname} 1 7200 1800 86400 {zone.ttl}",
              f"@ IN NS ns.dns.{zone.origin.to_text()}", "ns.dns IN A 127.0.0.1"]
-    for name, types in zone.records.items():
+    for wire, types in zone.records.items():
+        name = name_of(wire)
         if not name.is_subdomain(zone.origin):
             continue
         for rdtype, texts in types.items():

@@ -1,5 +1,6 @@
-"""Keep a Responder's zone in step with a source: rebuild on every change (coalesced over 50 ms)
-and swap it in whole, so a query never sees half a zone."""
+"""Keep a Responder's zone in step with a source: on every change (coalesced over 50 ms) the
+ZoneBuilder makes the next version from the services that changed, and it is swapped in whole, so
+a query never sees half a zone."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import logging
 import threading
 import time
 
-from .server import Responder, warm
-from .zone import build_zone
+from .server import Responder
+from .zone import ZoneBuilder
 
 log = logging.getLogger("pyproxy.dns")
 
@@ -17,6 +18,7 @@ def follow(source, responder: Responder, zone: str, ttl: int, stop: threading.Ev
     source.start()
     store = source.store
     built = -1
+    builder = ZoneBuilder(zone, ttl)
     while not stop.is_set():
         if not source.synced() or store.version == built:
             store.wait_for_change(store.version if source.synced() else -2, 0.5)
@@ -24,11 +26,8 @@ def follow(source, responder: Responder, zone: str, ttl: int, stop: threading.Ev
         time.sleep(0.05)  # let a burst of events land in one rebuild
         cluster, version = store.snapshot()
         start = time.monotonic()
-        new = build_zone(cluster, zone, ttl)
-        # Unchanged names keep their rendered answers; the rest render on first query (rendering
-        # them all here would hold the GIL for seconds at 1,000 services and starve the UDP loop).
-        warm(new, responder.zone, render=False)
-        responder.zone = new  # swapped whole: a query sees the old zone or the new one
+        # Unchanged names keep their rendered answers; changed ones render on first query.
+        responder.zone = builder.update(cluster)  # swapped whole: a query sees the old zone or the new one
         built = version
-        log.info("zone %s rebuilt: %d services, %.3fs", zone, len(cluster.services), time.monotonic() - start)
+        log.info("zone %s updated: %d services, %.3fs", zone, len(cluster.services), time.monotonic() - start)
     source.stop()

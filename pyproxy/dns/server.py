@@ -88,23 +88,25 @@ class Responder:
         if zone is None:
             return self._error(qid, flags, dns.rcode.SERVFAIL, question, edns)
         # The finished answer, by the question's wire bytes lowercased (DNS case is ASCII only).
+        # (rcode, wire, the zone version it was rendered at), shared by the zone's versions
         key = (data[12:qname_end].lower(), qtype, edns)
         cache = zone.wire_cache
-        cached = cache.get(key) or zone.negative_wire.get(key)
+        cached = zone.fresh(cache.get(key) or zone.negative_wire.get(key), key[0])
         if cached is None:
-            cached = render_wire(zone, data[12:qname_end], qtype, edns)
-            if cached is None:
+            rendered = render_wire(zone, data[12:qname_end], qtype, edns)
+            if rendered is None:
                 return self._error(qid, flags, dns.rcode.REFUSED, question, edns)
             cache = zone.wire_cache_for(key[0])
-            cache[key] = cached
-        rcode, wire = cached
+            cached = cache[key] = (*rendered, zone.version)
+        rcode, wire, _ = cached
         out_flags = QR | AA | (flags & RD) | rcode
         limit = payload if edns else 512
         if udp and len(wire) > limit:
             # Too big for the client's buffer: the records that fit, TC set (it may retry over TCP).
-            truncated = cache.get((key, limit))
+            truncated = zone.fresh(cache.get((key, limit)), key[0])
             if truncated is None:
-                truncated = cache[(key, limit)] = render_wire(zone, data[12:qname_end], qtype, edns, limit)
+                rendered = render_wire(zone, data[12:qname_end], qtype, edns, limit)
+                truncated = cache[(key, limit)] = (*rendered, zone.version)
             wire = truncated[1]
             out_flags |= TC
         # ID, flags and the client's own spelling of the name (same length, so pointers hold).
@@ -123,7 +125,7 @@ def render_wire(zone: Zone, qname_wire: bytes, qtype: int, edns: bool,
         name = dns.name.Name(labels + [b""])
     except dns.name.NameTooLong:
         return None
-    entry = zone.lookup(name, qtype)
+    entry = zone.lookup(qname_wire.lower(), qtype)  # length bytes (< 64) are never letters
     if entry is None:
         return None
     if limit:
@@ -131,28 +133,17 @@ def render_wire(zone: Zone, qname_wire: bytes, qtype: int, edns: bool,
     return entry.rcode, render_entry(entry, name, qtype, edns, EDNS_PAYLOAD)
 
 
-def warm(zone: Zone, previous: Zone | None = None, render: bool = True) -> int:
-    """Fill the answer cache ahead of queries (a flood of cache misses right after a zone change
-    would otherwise queue behind ~0.1 ms renders). Names whose records did not change since
-    `previous` reuse its wire; with `render`, the rest is rendered too. Returns how many answers
-    were rendered anew."""
+def warm(zone: Zone) -> int:
+    """Render every answer of the zone ahead of queries (benchmarks: a flood of cache misses would
+    otherwise queue behind ~0.1 ms renders). Returns how many were rendered anew."""
     rendered = 0
-    for name, types in zone.records.items():
-        wire = name.to_wire().lower()
-        unchanged = (previous is not None and previous.records.get(name) == types
-                     and [previous.records.get(t) for t in previous.additional.get(name, [])]
-                     == [zone.records.get(t) for t in zone.additional.get(name, [])])
+    for wire, types in zone.records.items():
         for rdtype in types:
             for edns in (False, True):
                 key = (wire, rdtype, edns)
-                if key in zone.wire_cache:
-                    continue
-                old = previous.wire_cache.get(key) if unchanged and previous is not None else None
-                if old is None and render:
-                    old = render_wire(zone, wire, rdtype, edns)
+                if zone.fresh(zone.wire_cache.get(key), wire) is None:
+                    zone.wire_cache[key] = (*render_wire(zone, wire, rdtype, edns), zone.version)
                     rendered += 1
-                if old is not None:
-                    zone.wire_cache[key] = old
     return rendered
 
 

@@ -1,10 +1,11 @@
 """The cluster zone (Kubernetes DNS-Based Service Discovery 1.1.0, CoreDNS's behaviour), as
 precomputed answers.
 
-Invariant: pure. `build_zone(cluster)` returns a Zone whose every (name, type) answer is already
-a wire-format response; the server only copies the query's ID, flags and question bytes in (the
-question name keeps the client's letter case, and compression pointers into it stay valid since
-only the case differs).
+Invariant: pure. A ZoneBuilder turns a cluster into a Zone, and each later state into the next
+version, rebuilding only the services that changed (`build_zone(cluster)` builds one from
+nothing). A Zone answers each (name, type) with a wire-format response rendered once; the server
+only copies the query's ID, flags and question bytes in (the question name keeps the client's
+letter case, and compression pointers into it stay valid since only the case differs).
 
 Records:
 * `<svc>.<ns>.svc.<zone>` A/AAAA: the cluster IP, or for a headless service every ready endpoint
@@ -32,7 +33,7 @@ import dns.rdatatype
 import dns.rrset
 
 from ..model.cluster import Cluster
-from ..model.types import Service
+from ..model.types import EndpointSlice, Service
 
 SCHEMA_VERSION = "1.1.0"
 
@@ -63,45 +64,97 @@ class BoundedCache(OrderedDict):
 
 
 NEGATIVE_CACHE_ENTRIES = 4096  # answers for names that do not exist: random names land here
+_GONE = object()
+
+
+class Layered:
+    """A read-only mapping made of a small dict of changes over a shared base dict. A new version
+    costs what changed, and an older version stays valid while a query still reads it: a Zone
+    being served is never mutated. `None` in the changes removes a key."""
+
+    __slots__ = ("base", "top")
+    COMPACT_AT = 65536  # changes kept on top before they are folded into a new base
+
+    def __init__(self, base: dict | None = None, top: dict | None = None) -> None:
+        self.base = {} if base is None else base
+        self.top = {} if top is None else top
+
+    def get(self, key, default=None):
+        value = self.top.get(key, _GONE)
+        if value is _GONE:
+            return self.base.get(key, default)
+        return default if value is None else value
+
+    def __contains__(self, key) -> bool:
+        return self.get(key) is not None
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.items())
+
+    def items(self):
+        top = self.top
+        for key, value in self.base.items():
+            if key not in top:
+                yield key, value
+        for key, value in top.items():
+            if value is not None:
+                yield key, value
+
+    def updated(self, changes: dict) -> "Layered":
+        if not changes:
+            return self
+        top = {**self.top, **changes}
+        if len(top) < max(self.COMPACT_AT, len(self.base) // 8):
+            return Layered(self.base, top)
+        return Layered(dict(Layered(self.base, top).items()))  # folded: O(zone), once in many changes
 
 
 @dataclass
 class Zone:
+    """One version of the zone. Built by a ZoneBuilder, which shares with the next version
+    everything a change did not touch, the answer caches included: each cached answer carries the
+    version it was rendered at, and is used only while its name has not changed since."""
+
     origin: dns.name.Name
     ttl: int
-    records: dict[dns.name.Name, dict[int, list[str]]]  # name -> type -> rdata texts
-    additional: dict[dns.name.Name, list[dns.name.Name]]  # SRV owner -> its targets
+    # Every name is a key in its lowercased wire form: bytes keep their hash, a dns.name.Name
+    # computes it again on every lookup (most of a zone build's time, measured).
+    records: Layered  # name -> type -> rdata texts
+    additional: Layered  # SRV owner -> its targets
     soa: dns.rrset.RRset
-    # Answers by (name, type), and by (lowercased question name in wire form, type, EDNS) ->
-    # (rcode, response wire) for the server's hot path; filled on first use, a new zone starts
-    # empty. Names in the zone have room for every type asked of them (bounded by the zone's
-    # size); names that are not go to small caches of their own, so a flood of random names
-    # neither grows memory nor pushes real answers out.
-    _cache: dict = field(init=False)
-    wire_cache: dict = field(init=False)
-    _negative: BoundedCache = field(init=False)
-    negative_wire: BoundedCache = field(init=False)
-    # every in-zone name with a record below it (empty non-terminals among them): a name that
-    # does not exist is told from an empty non-terminal with one lookup, not a scan of the zone
-    _interior: set[dns.name.Name] = field(init=False)
+    # every in-zone name with a record below it (empty non-terminals among them) -> how many: a
+    # name that does not exist is told from an empty non-terminal with one lookup
+    interior: Layered
+    # lowercased wire name -> the version it last changed at
+    touched: Layered
+    version: int
+    # (lowercased question name in wire form, type, EDNS) -> (rcode, response wire, version) for
+    # the server's hot path. Names in the zone have room for every type asked of them (bounded
+    # by the zone's size); names that are not go to a small cache of their own, so a flood of
+    # random names neither grows memory nor pushes real answers out.
+    wire_cache: "BoundedCache"
+    negative_wire: "BoundedCache"
+    _cache: dict = field(init=False)  # Entries of this version, by (name, type)
+    _negative: "BoundedCache" = field(init=False)
+    _origin_wire: bytes = field(init=False)
 
     def __post_init__(self) -> None:
-        room = 8 * (len(self.records) + 1024)
-        self._cache, self.wire_cache = BoundedCache(room), BoundedCache(2 * room)
-        self._negative, self.negative_wire = BoundedCache(NEGATIVE_CACHE_ENTRIES), BoundedCache(NEGATIVE_CACHE_ENTRIES)
-        self._interior = set()
-        for name in self.records:
-            if name.is_subdomain(self.origin):
-                while name != self.origin:
-                    name = name.parent()
-                    self._interior.add(name)
+        self._cache, self._negative = BoundedCache(self.wire_cache.limit // 2), BoundedCache(NEGATIVE_CACHE_ENTRIES)
+        self._origin_wire = self.origin.to_wire().lower()
 
     def wire_cache_for(self, qname_wire: bytes) -> dict:
         """Where the answer for this lowercased wire name is kept."""
-        return self.wire_cache if self.records.get(_name_of(qname_wire)) is not None else self.negative_wire
+        return self.wire_cache if self.records.get(qname_wire) is not None else self.negative_wire
 
-    def lookup(self, name: dns.name.Name, rdtype: int) -> Entry | None:
-        """The answer for a lowercased name, or None when we are not authoritative for it."""
+    def fresh(self, cached: tuple | None, qname_wire: bytes) -> tuple | None:
+        """A cached (rcode, wire, version), if its name has not changed since it was rendered (nor
+        was it rendered by a later version: a query still reading this one sees this one whole)."""
+        if cached is None or not self.touched.get(qname_wire, 0) <= cached[2] <= self.version:
+            return None
+        return cached
+
+    def lookup(self, name: bytes, rdtype: int) -> Entry | None:
+        """The answer for a lowercased wire name, or None when we are not authoritative for it."""
         key = (name, rdtype)
         cache = self._cache if name in self.records else self._negative
         entry = cache.get(key)
@@ -112,19 +165,29 @@ class Zone:
             cache[key] = entry
         return entry
 
-    def _rrset(self, name: dns.name.Name, rdtype: int) -> dns.rrset.RRset | None:
+    def in_zone(self, name: bytes) -> bool:
+        """Whether a wire name is the origin or below it (label by label)."""
+        pos = 0
+        while True:
+            if name[pos:] == self._origin_wire:
+                return True
+            if pos >= len(name) or not name[pos]:
+                return False
+            pos += name[pos] + 1
+
+    def _rrset(self, name: bytes, rdtype: int) -> dns.rrset.RRset | None:
         texts = self.records.get(name, {}).get(rdtype)
         if not texts:
             return None
-        return dns.rrset.from_text_list(name, self.ttl, dns.rdataclass.IN, rdtype, texts)
+        return dns.rrset.from_text_list(name_of(name), self.ttl, dns.rdataclass.IN, rdtype, texts)
 
-    def _answer(self, name: dns.name.Name, rdtype: int) -> Entry | None:
-        in_zone = name.is_subdomain(self.origin)
+    def _answer(self, name: bytes, rdtype: int) -> Entry | None:
+        in_zone = self.in_zone(name)
         if not in_zone and name not in self.records:
             return None
         types = self.records.get(name)
         if types is None:
-            exists = in_zone and name in self._interior  # an empty non-terminal
+            exists = in_zone and name in self.interior  # an empty non-terminal
             return Entry(dns.rcode.NOERROR if exists else dns.rcode.NXDOMAIN, authority=[self.soa])
         answer = []
         if rdtype == dns.rdatatype.ANY:
@@ -144,85 +207,210 @@ class Zone:
         return Entry(dns.rcode.NOERROR, answer=answer, additional=additional)
 
 
-def _name_of(qname_wire: bytes) -> dns.name.Name | None:
+def name_of(wire: bytes) -> dns.name.Name:
+    """A wire name (as the zone keys them) as a dnspython Name."""
     labels, pos = [], 0
-    while pos < len(qname_wire) and qname_wire[pos]:
-        labels.append(qname_wire[pos + 1: pos + 1 + qname_wire[pos]])
-        pos += 1 + qname_wire[pos]
-    try:
-        return dns.name.Name(labels + [b""])
-    except dns.name.NameTooLong:
-        return None
+    while wire[pos]:
+        labels.append(wire[pos + 1: pos + 1 + wire[pos]])
+        pos += 1 + wire[pos]
+    return dns.name.Name(labels + [b""])
+
+
+def wire_name(text: str) -> bytes:
+    """An absolute name's wire form, lowercased: the zone's keys. Every label here comes from a
+    Kubernetes name the model validated (no dots nor escapes inside one)."""
+    return b"".join(bytes((len(label),)) + label for label in text.lower().encode().split(b".") if label) + b"\x00"
 
 
 def dashed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return str(ip).replace(".", "-").replace(":", "-")
 
 
-def _add(records: dict, name: dns.name.Name, rdtype: int, text: str) -> None:
+def _add(records: dict, name: bytes, rdtype: int, text: str) -> None:
     texts = records.setdefault(name, {}).setdefault(rdtype, [])
     if text not in texts:
         texts.append(text)
 
 
+@dataclass
+class _Part:
+    """One service's share of the zone, and what it was built from (compared by identity: the
+    store keeps an unchanged object's instance)."""
+
+    service: Service | None
+    slices: tuple[EndpointSlice, ...]
+    records: dict
+    additional: dict
+
+
+class ZoneBuilder:
+    """The zone kept in step with a cluster: `update` rebuilds only the services that changed
+    (their Service, or one of their EndpointSlices), and the new Zone shares the rest with the
+    previous one. A change costs what it touched, not the size of the zone."""
+
+    def __init__(self, zone: str = "cluster.local", ttl: int = 5) -> None:
+        self.origin = dns.name.from_text(zone)
+        self.suffix = self.origin.to_text()  # "cluster.local.", what every name of ours ends with
+        self.ttl = ttl
+        self.soa = dns.rrset.from_text(self.origin, ttl, "IN", "SOA",
+                                       f"ns.dns.{zone}. hostmaster.{zone}. 1 7200 1800 86400 {ttl}")
+        self.zone: Zone | None = None
+        self._parts: dict[str, _Part] = {}  # service key -> its part ("" : the zone's own records)
+        self._owners: dict[bytes, set[str]] = {}  # name -> the parts that hold records or targets at it
+        self._services: dict[str, Service] = {}
+        self._slices: dict[str, EndpointSlice] = {}
+        self._slice_keys: dict[str, set[str]] = {}  # service key -> its slices' keys
+        self._cache, self._negative = BoundedCache(2048), BoundedCache(NEGATIVE_CACHE_ENTRIES)
+
+    def update(self, cluster: Cluster) -> Zone:
+        changed = self._changed_services(cluster)
+        if self.zone is None:
+            own: dict = {}
+            _add(own, wire_name("dns-version." + self.suffix), dns.rdatatype.TXT, f'"{SCHEMA_VERSION}"')
+            own.setdefault(wire_name(self.suffix), {})[dns.rdatatype.SOA] = [self.soa[0].to_text()]
+            self._parts[""] = _Part(None, (), own, {})
+            touched_names = set(own)
+            self._own(own, "")
+            base = Zone(self.origin, self.ttl, Layered(), Layered(), self.soa, Layered(), Layered(), 0,
+                        self._cache, self._negative)
+        else:
+            base, touched_names = self.zone, set()
+        for key in changed:
+            old = self._parts.pop(key, None)
+            svc = cluster.services.get(key)
+            if old is not None:
+                touched_names |= set(old.records) | set(old.additional)
+                self._disown(old, key)
+            if svc is None:
+                continue
+            slices = tuple(cluster.slices[k] for k in sorted(self._slice_keys.get(key, ())))
+            records: dict = {}
+            additional: dict = {}
+            _service_records(svc, list(slices), self.suffix, records, additional)
+            self._parts[key] = _Part(svc, slices, records, additional)
+            touched_names |= set(records) | set(additional)
+            self._own(records, key)
+            self._own(additional, key)
+        return self._publish(base, touched_names)
+
+    def _changed_services(self, cluster: Cluster) -> set[str]:
+        """Keys of the services whose records may differ from the last update's."""
+        changed = {k for k, svc in cluster.services.items() if self._services.get(k) is not svc}
+        changed |= {k for k in self._services if k not in cluster.services}
+        for key, s in cluster.slices.items():
+            old = self._slices.get(key)
+            if old is not s:
+                changed.add(s.service_key)
+                self._slice_keys.setdefault(s.service_key, set()).add(key)
+                if old is not None and old.service_key != s.service_key:
+                    changed.add(old.service_key)
+                    self._slice_keys[old.service_key].discard(key)
+        for key in [k for k in self._slices if k not in cluster.slices]:
+            service = self._slices[key].service_key
+            changed.add(service)
+            self._slice_keys[service].discard(key)
+        self._services, self._slices = dict(cluster.services), dict(cluster.slices)
+        return changed
+
+    def _own(self, names: dict, key: str) -> None:
+        for name in names:
+            self._owners.setdefault(name, set()).add(key)
+
+    def _disown(self, part: _Part, key: str) -> None:
+        for name in (*part.records, *part.additional):
+            owners = self._owners.get(name)
+            if owners is not None:
+                owners.discard(key)
+                if not owners:
+                    del self._owners[name]
+
+    def _publish(self, base: Zone, names: set) -> Zone:
+        """The next version: each touched name's records merged again from the parts that hold it."""
+        version = base.version + 1
+        records, additional, interior, touched = {}, {}, {}, {}
+        origin = wire_name(self.suffix)
+        for name in names:
+            owners = self._owners.get(name, ())
+            if len(owners) == 1:  # nearly every name: its one part's records as they are
+                part = self._parts[next(iter(owners))]
+                merged, targets = part.records.get(name, {}), part.additional.get(name, [])
+            else:
+                merged, targets = {}, []
+                for key in sorted(owners):
+                    part = self._parts[key]
+                    for rdtype, texts in part.records.get(name, {}).items():
+                        into = merged.setdefault(rdtype, [])
+                        into += [t for t in texts if t not in into]
+                    targets += [t for t in part.additional.get(name, []) if t not in targets]
+            was = base.records.get(name) is not None
+            records[name] = merged or None
+            additional[name] = targets or None
+            touched[name] = version
+            if bool(merged) != was and name.endswith(origin):
+                step = 1 if merged else -1
+                parent = name
+                while parent != origin and len(parent) > len(origin):
+                    parent = parent[parent[0] + 1:]
+                    count = (interior[parent] or 0 if parent in interior else base.interior.get(parent, 0)) + step
+                    interior[parent] = count or None
+                    if count in (0, 1):  # now an empty non-terminal, or no longer: its answers change
+                        touched[parent] = version
+        self._cache.limit = 16 * (len(self._owners) + 1024)
+        self.zone = Zone(self.origin, self.ttl, base.records.updated(records), base.additional.updated(additional),
+                         self.soa, base.interior.updated(interior), base.touched.updated(touched), version,
+                         self._cache, self._negative)
+        return self.zone
+
+
 def build_zone(cluster: Cluster, zone: str = "cluster.local", ttl: int = 5) -> Zone:
-    origin = dns.name.from_text(zone)
-    records: dict[dns.name.Name, dict[int, list[str]]] = {}
-    additional: dict[dns.name.Name, list[dns.name.Name]] = {}
-    slices = cluster.slices_by_service()
-    for svc in cluster.services.values():
-        _service_records(svc, slices.get(svc.key, []), origin, records, additional)
-    version = dns.name.from_text("dns-version", origin)
-    _add(records, version, dns.rdatatype.TXT, f'"{SCHEMA_VERSION}"')
-    soa = dns.rrset.from_text(origin, ttl, "IN", "SOA",
-                              f"ns.dns.{zone}. hostmaster.{zone}. 1 7200 1800 86400 {ttl}")
-    records.setdefault(origin, {})[dns.rdatatype.SOA] = [soa[0].to_text()]
-    return Zone(origin, ttl, records, additional, soa)
+    """The zone of a cluster, from nothing (a ZoneBuilder keeps it up to date change by change)."""
+    return ZoneBuilder(zone, ttl).update(cluster)
 
 
-def _service_records(svc: Service, slices: list, origin: dns.name.Name, records: dict, additional: dict) -> None:
-    base = dns.name.from_text(f"{svc.name}.{svc.namespace}.svc", origin)
+def _service_records(svc: Service, slices: list, suffix: str, records: dict, additional: dict) -> None:
+    """One service's records (keyed by wire name) and SRV targets; `suffix` is the zone, "cluster.local."."""
+    base = f"{svc.name}.{svc.namespace}.svc.{suffix}"
+    base_wire = wire_name(base)
     if svc.type == "ExternalName":
         if svc.external_name:
-            _add(records, base, dns.rdatatype.CNAME, svc.external_name.rstrip(".") + ".")
+            _add(records, base_wire, dns.rdatatype.CNAME, svc.external_name.rstrip(".") + ".")
         return
     if not svc.headless:
         for ip in svc.cluster_ips:
-            _add(records, base, dns.rdatatype.A if ip.version == 4 else dns.rdatatype.AAAA, str(ip))
-            _add(records, dns.name.from_text(ipaddress.ip_address(ip).reverse_pointer + "."), dns.rdatatype.PTR,
-                 base.to_text())
+            _add(records, base_wire, dns.rdatatype.A if ip.version == 4 else dns.rdatatype.AAAA, str(ip))
+            _add(records, wire_name(ipaddress.ip_address(ip).reverse_pointer + "."), dns.rdatatype.PTR, base)
         for port in svc.ports:
             if port.name:
-                owner = dns.name.from_text(f"_{port.name}._{port.protocol.lower()}", base)
-                _add(records, owner, dns.rdatatype.SRV, f"0 100 {port.port} {base.to_text()}")
-                additional.setdefault(owner, []).append(base)
+                owner = wire_name(f"_{port.name}._{port.protocol.lower()}.{base}")
+                _add(records, owner, dns.rdatatype.SRV, f"0 100 {port.port} {base}")
+                additional.setdefault(owner, []).append(base_wire)
         return
     # Headless: the endpoints themselves.
-    endpoints = []  # (name, ip, endpoint ports)
+    endpoints = []  # (name, its wire form, ip, endpoint ports)
     for s in slices:
         for ep in s.endpoints:
             if ep.terminating or not (ep.ready or svc.publish_not_ready_addresses):
                 continue
             for ip in ep.addresses:
-                host = dns.name.from_text(ep.hostname or dashed(ip), base)
-                endpoints.append((host, ip, s.ports))
-    for host, ip, _ in endpoints:
+                host = f"{ep.hostname or dashed(ip)}.{base}"
+                endpoints.append((host, wire_name(host), ip, s.ports))
+    for host, host_wire, ip, _ in endpoints:
         rdtype = dns.rdatatype.A if ip.version == 4 else dns.rdatatype.AAAA
-        _add(records, base, rdtype, str(ip))
-        _add(records, host, rdtype, str(ip))
-        _add(records, dns.name.from_text(ip.reverse_pointer + "."), dns.rdatatype.PTR, host.to_text())
-    named: dict[tuple[str, str], list[tuple[dns.name.Name, int]]] = {}
-    for host, _, ports in endpoints:
+        _add(records, base_wire, rdtype, str(ip))
+        _add(records, host_wire, rdtype, str(ip))
+        _add(records, wire_name(ip.reverse_pointer + "."), dns.rdatatype.PTR, host)
+    named: dict[tuple[str, str], list[tuple[str, bytes, int]]] = {}
+    for host, host_wire, _, ports in endpoints:
         for p in ports:
             if p.name:
-                named.setdefault((p.name, p.protocol.lower()), []).append((host, p.port))
+                named.setdefault((p.name, p.protocol.lower()), []).append((host, host_wire, p.port))
     for (port_name, proto), targets in named.items():
-        owner = dns.name.from_text(f"_{port_name}._{proto}", base)
+        owner = wire_name(f"_{port_name}._{proto}.{base}")
         weight = max(1, 100 // len(targets))
-        for host, port in targets:
-            _add(records, owner, dns.rdatatype.SRV, f"0 {weight} {port} {host.to_text()}")
-            if host not in additional.setdefault(owner, []):
-                additional[owner].append(host)
+        for host, host_wire, port in targets:
+            _add(records, owner, dns.rdatatype.SRV, f"0 {weight} {port} {host}")
+            if host_wire not in additional.setdefault(owner, []):
+                additional[owner].append(host_wire)
 
 
 def render_entry(entry: Entry, qname: dns.name.Name, rdtype: int, edns: bool, payload: int = 1232) -> bytes:
