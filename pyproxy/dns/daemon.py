@@ -17,17 +17,20 @@ log = logging.getLogger("pyproxy.dns")
 def follow(source, responder: Responder, zone: str, ttl: int, stop: threading.Event) -> None:
     source.start()
     store = source.store
-    built = -1
-    builder = ZoneBuilder(zone, ttl)
-    while not stop.is_set():
-        if not source.synced() or store.version == built:
-            store.wait_for_change(store.version if source.synced() else -2, 0.5)
-            continue
-        time.sleep(0.05)  # let a burst of events land in one rebuild
-        cluster, version = store.snapshot()
-        start = time.monotonic()
-        # Unchanged names keep their rendered answers; changed ones render on first query.
-        responder.zone = builder.update(cluster)  # swapped whole: a query sees the old zone or the new one
-        built = version
-        log.info("zone %s updated: %d services, %.3fs", zone, len(cluster.services), time.monotonic() - start)
-    source.stop()
+    changes = store.follow_changes()  # what changed since the last update: no walk over every object
+    try:
+        builder, built = ZoneBuilder(zone, ttl), -1
+        while not stop.is_set():
+            if not source.synced() or store.version == built:
+                store.wait_for_change(store.version if source.synced() else -2, 0.5)
+                continue
+            time.sleep(0.05)  # let a burst of events land in one update
+            cluster, version, changed = store.take_changes(changes)
+            start = time.monotonic()
+            # Unchanged names keep their rendered answers; changed ones render on first query.
+            responder.zone = builder.update(cluster, changed)  # swapped whole: a query sees one version or the other
+            built = version
+            log.info("zone %s updated: %d services, %.3fs", zone, len(cluster.services), time.monotonic() - start)
+    finally:
+        store.unfollow(changes)
+        source.stop()

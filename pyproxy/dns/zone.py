@@ -262,8 +262,13 @@ class ZoneBuilder:
         self._slice_keys: dict[str, set[str]] = {}  # service key -> its slices' keys
         self._cache, self._negative = BoundedCache(2048), BoundedCache(NEGATIVE_CACHE_ENTRIES)
 
-    def update(self, cluster: Cluster) -> Zone:
-        changed = self._changed_services(cluster)
+    def update(self, cluster: Cluster, changes: dict[str, set[str]] | None = None) -> Zone:
+        """The next version for `cluster`. `changes` (kind -> keys changed since the last update,
+        a Store's take_changes) spares comparing every object; without it they are compared."""
+        if changes is None or self.zone is None:
+            changed = self._changed_services(cluster)
+        else:
+            changed = self._changed_by(cluster, changes)
         if self.zone is None:
             own: dict = {}
             _add(own, wire_name("dns-version." + self.suffix), dns.rdatatype.TXT, f'"{SCHEMA_VERSION}"')
@@ -310,6 +315,25 @@ class ZoneBuilder:
             changed.add(service)
             self._slice_keys[service].discard(key)
         self._services, self._slices = dict(cluster.services), dict(cluster.slices)
+        return changed
+
+    def _changed_by(self, cluster: Cluster, changes: dict[str, set[str]]) -> set[str]:
+        """Keys of the services a change set can have changed (the Services in it, and the
+        services of its EndpointSlices, before and after)."""
+        changed = set(changes.get("Service", ()))
+        for key in changed:
+            self._services.pop(key, None)
+            if key in cluster.services:
+                self._services[key] = cluster.services[key]
+        for key in changes.get("EndpointSlice", ()):
+            old, new = self._slices.pop(key, None), cluster.slices.get(key)
+            if old is not None:
+                changed.add(old.service_key)
+                self._slice_keys[old.service_key].discard(key)
+            if new is not None:
+                changed.add(new.service_key)
+                self._slice_keys.setdefault(new.service_key, set()).add(key)
+                self._slices[key] = new
         return changed
 
     def _own(self, names: dict, key: str) -> None:

@@ -26,6 +26,8 @@ class Store:
     # services and slices changed since the sync loop last took them (kube-proxy's *_pending gauges)
     pending: dict[str, set[str]] = field(default_factory=lambda: {"Service": set(), "EndpointSlice": set()})
     stopping: bool = False  # set by wake(): waits return at once
+    # each follower's own change set (kind -> keys changed since it last took it), see follow_changes
+    followers: list[dict[str, set[str]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
@@ -47,6 +49,8 @@ class Store:
         self.version += 1
         if kind in self.pending:
             self.pending[kind].add(key)
+        for changes in self.followers:
+            changes.setdefault(kind, set()).add(key)
         if kind == "Service":
             self.service_changes += 1
         elif kind == "EndpointSlice":
@@ -57,12 +61,33 @@ class Store:
         """A copy of the state and its version; `take_pending`: the sync loop takes the pending
         changes with it (they count as pending no more)."""
         with self.lock:
-            c = self.cluster
             if take_pending:
                 for keys in self.pending.values():
                     keys.clear()
-            return Cluster(dict(c.services), dict(c.slices), dict(c.nodes), dict(c.service_cidrs),
-                           list(c.errors)), self.version
+            return self._copy(), self.version
+
+    def _copy(self) -> Cluster:
+        c = self.cluster
+        return Cluster(dict(c.services), dict(c.slices), dict(c.nodes), dict(c.service_cidrs), list(c.errors))
+
+    def follow_changes(self) -> dict[str, set[str]]:
+        """A change set of the caller's own that every later change fills (kind -> keys), so it
+        can work on what changed instead of comparing the whole state; see take_changes."""
+        with self.lock:
+            changes: dict[str, set[str]] = {}
+            self.followers.append(changes)
+            return changes
+
+    def unfollow(self, changes: dict[str, set[str]]) -> None:
+        with self.lock:
+            self.followers = [c for c in self.followers if c is not changes]
+
+    def take_changes(self, changes: dict[str, set[str]]) -> tuple[Cluster, int, dict[str, set[str]]]:
+        """A snapshot, and what changed since the follower last took its change set (emptied)."""
+        with self.lock:
+            taken = {kind: set(keys) for kind, keys in changes.items()}
+            changes.clear()
+            return self._copy(), self.version, taken
 
     def pending_counts(self) -> tuple[int, int]:
         """(services, EndpointSlices) changed and not yet taken by a sync."""

@@ -141,19 +141,25 @@ def _objects(name: str, state) -> list[dict]:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["s0", "s1", "s2", "s3"]), _SERVICE_STATE), min_size=1, max_size=8))
-def test_a_zone_updated_change_by_change_answers_as_one_built_from_nothing(steps):
+@given(st.lists(st.tuples(st.sampled_from(["s0", "s1", "s2", "s3"]), _SERVICE_STATE), min_size=1, max_size=8),
+       st.booleans())
+def test_a_zone_updated_change_by_change_answers_as_one_built_from_nothing(steps, told):
+    """`told`: the builder is handed each step's change set (as the DNS daemon's store does);
+    otherwise it compares every object itself."""
     builder = ZoneBuilder()
     cluster = parse_objects([])
     names = set()
     for name, state in steps:
         fresh = parse_objects(_objects(name, state))
-        for table in ("services", "slices"):
+        changes: dict[str, set[str]] = {}
+        for table, kind in (("services", "Service"), ("slices", "EndpointSlice")):
             current = getattr(cluster, table)
             for key in [k for k in current if k.split("/")[1].split("-")[0] == name]:
                 del current[key]
+                changes.setdefault(kind, set()).add(key)
             current.update(getattr(fresh, table))
-        zone = builder.update(cluster)
+            changes.setdefault(kind, set()).update(getattr(fresh, table))
+        zone = builder.update(cluster, changes if told else None)
         names |= {f"{n}.ns.svc.cluster.local" for n in ("s0", "s1", "s2", "s3")}
         names |= {f"{h}.{n}.ns.svc.cluster.local" for n in ("s0", "s1", "s2", "s3") for h in ("a", "b", "10-244-0-1")}
         names |= {f"_http._tcp.{n}.ns.svc.cluster.local" for n in ("s0", "s1")} | {"_tcp.s0.ns.svc.cluster.local"}

@@ -27,6 +27,22 @@ def test_pending_counts_changed_objects_until_a_sync_takes_them():
     assert store.pending_counts() == (0, 0)
 
 
+def test_each_follower_takes_its_own_changes_and_leaves_the_sync_loops_pending_alone():
+    store = Store()
+    dns, other = store.follow_changes(), store.follow_changes()
+    with store.lock:
+        store.set("Service", "default/web", parse_object(service("web", "10.96.0.10")))
+        store.set("EndpointSlice", "default/web-1", parse_object(endpoint_slice("web", ["10.244.1.5"])))
+        store.set("Service", "default/web", parse_object(service("web", "10.96.0.10")))  # the same: no change
+    cluster, _, changed = store.take_changes(dns)
+    assert changed == {"Service": {"default/web"}, "EndpointSlice": {"default/web-1"}} and "default/web" in cluster.services
+    with store.lock:
+        store.set("Service", "default/web", None)
+    assert store.take_changes(dns)[2] == {"Service": {"default/web"}}, "only what changed since it last took"
+    assert store.take_changes(other)[2] == {"Service": {"default/web"}, "EndpointSlice": {"default/web-1"}}
+    assert store.pending_counts() == (1, 1), "the sync loop's pending counts are its own"
+
+
 def test_trigger_times_before_the_start_are_ignored():
     metrics = Metrics()
     iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")  # noqa: E731
