@@ -91,7 +91,8 @@ class Responder:
         # (rcode, wire, the zone version it was rendered at), shared by the zone's versions
         key = (data[12:qname_end].lower(), qtype, edns)
         cache = zone.wire_cache
-        cached = zone.fresh(cache.get(key) or zone.negative_wire.get(key), key[0])
+        # (each cache on its own: a name just removed has a stale positive answer and a fresh negative one)
+        cached = zone.fresh(cache.get(key), key[0]) or zone.fresh(zone.negative_wire.get(key), key[0])
         if cached is None:
             rendered = render_wire(zone, data[12:qname_end], qtype, edns)
             if rendered is None:

@@ -68,21 +68,27 @@ _GONE = object()
 
 
 class Layered:
-    """A read-only mapping made of a small dict of changes over a shared base dict. A new version
+    """A read-only mapping made of small dicts of changes over a shared base dict. A new version
     costs what changed, and an older version stays valid while a query still reads it: a Zone
-    being served is never mutated. `None` in the changes removes a key."""
+    being served is never mutated. `None` in the changes removes a key. Changes go into `top`
+    (copied per version, so kept small), top into `mid` now and then, and mid into a new base
+    only once in very many changes (the one copy of the whole map)."""
 
-    __slots__ = ("base", "top")
-    COMPACT_AT = 65536  # changes kept on top before they are folded into a new base
+    __slots__ = ("base", "mid", "top")
+    TOP = 4096
+    MID = 65536
 
-    def __init__(self, base: dict | None = None, top: dict | None = None) -> None:
+    def __init__(self, base: dict | None = None, mid: dict | None = None, top: dict | None = None) -> None:
         self.base = {} if base is None else base
+        self.mid = {} if mid is None else mid
         self.top = {} if top is None else top
 
     def get(self, key, default=None):
         value = self.top.get(key, _GONE)
         if value is _GONE:
-            return self.base.get(key, default)
+            value = self.mid.get(key, _GONE)
+            if value is _GONE:
+                return self.base.get(key, default)
         return default if value is None else value
 
     def __contains__(self, key) -> bool:
@@ -92,9 +98,12 @@ class Layered:
         return sum(1 for _ in self.items())
 
     def items(self):
-        top = self.top
+        top, mid = self.top, self.mid
         for key, value in self.base.items():
-            if key not in top:
+            if key not in mid and key not in top:
+                yield key, value
+        for key, value in mid.items():
+            if value is not None and key not in top:
                 yield key, value
         for key, value in top.items():
             if value is not None:
@@ -104,9 +113,16 @@ class Layered:
         if not changes:
             return self
         top = {**self.top, **changes}
-        if len(top) < max(self.COMPACT_AT, len(self.base) // 8):
-            return Layered(self.base, top)
-        return Layered(dict(Layered(self.base, top).items()))  # folded: O(zone), once in many changes
+        if len(top) <= self.TOP:
+            return Layered(self.base, self.mid, top)
+        mid = {**self.mid, **top}
+        if len(mid) <= max(self.MID, len(self.base) // 8):
+            return Layered(self.base, mid)
+        return Layered(dict(Layered(self.base, mid).items()))  # a Python loop: the server thread still runs
+
+    def pruned(self, keep) -> "Layered":
+        """The same map without the keys `keep(key)` refuses (one copy of the whole map)."""
+        return Layered({k: v for k, v in self.items() if keep(k)})
 
 
 @dataclass
@@ -125,9 +141,11 @@ class Zone:
     # every in-zone name with a record below it (empty non-terminals among them) -> how many: a
     # name that does not exist is told from an empty non-terminal with one lookup
     interior: Layered
-    # lowercased wire name -> the version it last changed at
+    # lowercased wire name -> the version it last changed at; a name not in it has not changed
+    # since `floor` (names that no longer exist are dropped now and then, or it would only grow)
     touched: Layered
     version: int
+    floor: int
     # (lowercased question name in wire form, type, EDNS) -> (rcode, response wire, version) for
     # the server's hot path. Names in the zone have room for every type asked of them (bounded
     # by the zone's size); names that are not go to a small cache of their own, so a flood of
@@ -149,7 +167,7 @@ class Zone:
     def fresh(self, cached: tuple | None, qname_wire: bytes) -> tuple | None:
         """A cached (rcode, wire, version), if its name has not changed since it was rendered (nor
         was it rendered by a later version: a query still reading this one sees this one whole)."""
-        if cached is None or not self.touched.get(qname_wire, 0) <= cached[2] <= self.version:
+        if cached is None or not self.touched.get(qname_wire, self.floor) <= cached[2] <= self.version:
             return None
         return cached
 
@@ -234,11 +252,8 @@ def _add(records: dict, name: bytes, rdtype: int, text: str) -> None:
 
 @dataclass
 class _Part:
-    """One service's share of the zone, and what it was built from (compared by identity: the
-    store keeps an unchanged object's instance)."""
+    """One service's share of the zone: its records and SRV targets, by wire name."""
 
-    service: Service | None
-    slices: tuple[EndpointSlice, ...]
     records: dict
     additional: dict
 
@@ -247,6 +262,8 @@ class ZoneBuilder:
     """The zone kept in step with a cluster: `update` rebuilds only the services that changed
     (their Service, or one of their EndpointSlices), and the new Zone shares the rest with the
     previous one. A change costs what it touched, not the size of the zone."""
+
+    PRUNE_SLACK = 2048  # names long gone that `touched` may hold before it is pruned
 
     def __init__(self, zone: str = "cluster.local", ttl: int = 5) -> None:
         self.origin = dns.name.from_text(zone)
@@ -273,10 +290,10 @@ class ZoneBuilder:
             own: dict = {}
             _add(own, wire_name("dns-version." + self.suffix), dns.rdatatype.TXT, f'"{SCHEMA_VERSION}"')
             own.setdefault(wire_name(self.suffix), {})[dns.rdatatype.SOA] = [self.soa[0].to_text()]
-            self._parts[""] = _Part(None, (), own, {})
+            self._parts[""] = _Part(own, {})
             touched_names = set(own)
             self._own(own, "")
-            base = Zone(self.origin, self.ttl, Layered(), Layered(), self.soa, Layered(), Layered(), 0,
+            base = Zone(self.origin, self.ttl, Layered(), Layered(), self.soa, Layered(), Layered(), 0, 0,
                         self._cache, self._negative)
         else:
             base, touched_names = self.zone, set()
@@ -292,7 +309,7 @@ class ZoneBuilder:
             records: dict = {}
             additional: dict = {}
             _service_records(svc, list(slices), self.suffix, records, additional)
-            self._parts[key] = _Part(svc, slices, records, additional)
+            self._parts[key] = _Part(records, additional)
             touched_names |= set(records) | set(additional)
             self._own(records, key)
             self._own(additional, key)
@@ -314,6 +331,7 @@ class ZoneBuilder:
             service = self._slices[key].service_key
             changed.add(service)
             self._slice_keys[service].discard(key)
+        self._drop_empty(changed)
         self._services, self._slices = dict(cluster.services), dict(cluster.slices)
         return changed
 
@@ -334,7 +352,13 @@ class ZoneBuilder:
                 changed.add(new.service_key)
                 self._slice_keys.setdefault(new.service_key, set()).add(key)
                 self._slices[key] = new
+        self._drop_empty(changed)
         return changed
+
+    def _drop_empty(self, services: set[str]) -> None:
+        for key in services:
+            if not self._slice_keys.get(key, True):
+                del self._slice_keys[key]
 
     def _own(self, names: dict, key: str) -> None:
         for name in names:
@@ -375,14 +399,19 @@ class ZoneBuilder:
                 parent = name
                 while parent != origin and len(parent) > len(origin):
                     parent = parent[parent[0] + 1:]
-                    count = (interior[parent] or 0 if parent in interior else base.interior.get(parent, 0)) + step
+                    count = ((interior[parent] or 0) if parent in interior else base.interior.get(parent, 0)) + step
                     interior[parent] = count or None
                     if count in (0, 1):  # now an empty non-terminal, or no longer: its answers change
                         touched[parent] = version
         self._cache.limit = 16 * (len(self._owners) + 1024)
-        self.zone = Zone(self.origin, self.ttl, base.records.updated(records), base.additional.updated(additional),
-                         self.soa, base.interior.updated(interior), base.touched.updated(touched), version,
-                         self._cache, self._negative)
+        new_records, new_interior = base.records.updated(records), base.interior.updated(interior)
+        new_touched, floor = base.touched.updated(touched), base.floor
+        if len(new_touched.base) > 2 * (len(new_records.base) + len(new_interior.base)) + self.PRUNE_SLACK:
+            # mostly names long gone: keep those that exist; the rest count as changed now
+            new_touched = new_touched.pruned(lambda name: name in new_records or name in new_interior)
+            floor = version
+        self.zone = Zone(self.origin, self.ttl, new_records, base.additional.updated(additional), self.soa,
+                         new_interior, new_touched, version, floor, self._cache, self._negative)
         return self.zone
 
 

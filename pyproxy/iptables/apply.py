@@ -4,9 +4,9 @@ Every write is an `iptables-restore --noflush --wait` call (atomic per table) na
 of ours and our jumps, legacy or nft variant. A full sync writes every chain of ours (with nft,
 every one that differs from the kernel, in transactions of a bounded size), adds missing jumps
 from the built-in chains and deletes stale service chains it finds with iptables-save. A partial
-sync writes only what changed since the last successful sync: the shared chains whose lines differ and the own chains of
-services whose rendered rules are new (the Renderer hands back the very same object for an
-unchanged service, so "changed" is an identity test). Anything unusual (a failed restore, a
+sync writes only what changed since the last successful sync: the shared chains whose lines
+differ and the own chains of services whose rendered rules are new (the Renderer hands back the
+very same object for an unchanged service, so "changed" is an identity test). Anything unusual (a failed restore, a
 missing canary) makes the next sync a full one; a failed restore leaves the previous rules.
 """
 
@@ -161,10 +161,10 @@ class IptablesBackend(XtablesClient):
                 written += len(changed)
         if shared:
             transactions.append(shared)
-        transactions += self._removals(live, stale, rewritten={c for t in transactions for c in _declared(t)})
+        transactions += self._removals(live, stale, rewritten=set(_declared(transactions)))
         return transactions, written, sum(len(c) for c in stale.values())
 
-    def _removals(self, live: dict[str, LiveTable], stale: dict[str, list[str]], rewritten: set[str]
+    def _removals(self, live: dict[str, LiveTable], stale: dict[str, list[str]], rewritten: set[tuple[str, str]]
                   ) -> list[list[str]]:
         """Transactions that remove stale chains: the rules elsewhere that jump into them first
         (none in a chain already rewritten: its old rules went with the flush), then every stale
@@ -175,7 +175,7 @@ class IptablesBackend(XtablesClient):
             if not chains:
                 continue
             deletes, _ = chain_removal(live[table], chains)
-            deletes = [d for d in deletes if d.split(None, 2)[1] not in rewritten]
+            deletes = [d for d in deletes if (table, d.split(None, 2)[1]) not in rewritten]
             flushes = [chains[i:i + size] for i in range(0, len(chains), size)]
             out.append([f"*{table}", *deletes, *(f":{c} - [0:0]" for c in flushes[0]),
                         *([f"-X {c}" for c in chains] if len(flushes) == 1 else []), "COMMIT"])
@@ -234,6 +234,13 @@ class IptablesBackend(XtablesClient):
         return removed
 
 
-def _declared(transaction: list[str]) -> Iterator[str]:
-    return (line[1:].split(None, 1)[0] for line in transaction if line.startswith(":"))
+def _declared(transactions: list[list[str]]) -> Iterator[tuple[str, str]]:
+    """(table, chain) of every chain the transactions declare (create or flush)."""
+    for transaction in transactions:
+        table = ""
+        for line in transaction:
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":"):
+                yield table, line[1:].split(None, 1)[0]
 

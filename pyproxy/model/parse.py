@@ -91,7 +91,7 @@ class _Reader:
         value = value or "TCP"
         if value not in PROTOCOLS:
             raise self.fail(path, f"unsupported protocol {names.shown(value)} (TCP, UDP, SCTP)")
-        return PROTOCOLS[PROTOCOLS.index(value)]
+        return sys.intern(value)
 
 
 # The name rule the API server applies to each kind's metadata.name.
@@ -202,7 +202,7 @@ def parse_service(raw: dict) -> Service:
     hc = r.get(spec, "spec", "healthCheckNodePort", int, 0)
     topology = annotations.get(TOPOLOGY_MODE_ANNOTATION) or annotations.get(TOPOLOGY_HINTS_ANNOTATION) or ""
     return Service(
-        namespace=namespace, name=name, type=SERVICE_TYPES[SERVICE_TYPES.index(svc_type)], cluster_ips=cluster_ips, headless=headless,
+        namespace=namespace, name=name, type=sys.intern(svc_type), cluster_ips=cluster_ips, headless=headless,
         ports=tuple(ports), external_ips=external_ips, load_balancer_ips=tuple(lb_ips),
         load_balancer_source_ranges=tuple(ranges),
         external_traffic_policy=sys.intern(etp), internal_traffic_policy=sys.intern(itp),

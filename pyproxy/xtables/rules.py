@@ -41,7 +41,6 @@ def local_match(local: LocalTraffic, negate: bool = False) -> list[str]:
 class LiveTable:
     chains: set[str] = field(default_factory=set)
     rules: list[str] = field(default_factory=list)  # "-A CHAIN ..." lines as iptables-save prints them
-    declarations: list[str] = field(default_factory=list)  # ":CHAIN POLICY [counters]" lines
 
 
 def parse_save(text: str) -> dict[str, LiveTable]:
@@ -52,12 +51,9 @@ def parse_save(text: str) -> dict[str, LiveTable]:
             current = tables.setdefault(line[1:].strip(), LiveTable())
         elif line.startswith(":"):
             current.chains.add(line[1:].split()[0])
-            current.declarations.append(line)
         elif line.startswith("-A "):
             current.rules.append(line)
     return tables
-
-
 
 
 def chain_removal(state: LiveTable, chains: list[str]) -> tuple[list[str], list[str]]:
@@ -70,15 +66,12 @@ def chain_removal(state: LiveTable, chains: list[str]) -> tuple[list[str], list[
     return deletes, [f":{c} - [0:0]" for c in chains] + [f"-X {c}" for c in chains]
 
 
-
-
 def rules_per_chain(state: LiveTable) -> dict[str, int]:
     counts: dict[str, int] = {}
     for rule in state.rules:
         chain = rule.split(None, 2)[1]
         counts[chain] = counts.get(chain, 0) + 1
     return counts
-
 
 
 def target_of(rule: str) -> str:

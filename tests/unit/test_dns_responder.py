@@ -4,6 +4,7 @@ server over real UDP and TCP sockets, and its zone following the API, are tests/
 from __future__ import annotations
 
 import struct
+from unittest.mock import patch
 
 import dns.message
 import dns.name
@@ -11,8 +12,8 @@ import dns.rcode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyproxy.dns.server import Responder
-from pyproxy.dns.zone import ZoneBuilder, build_zone
+from pyproxy.dns.server import Responder, render_wire
+from pyproxy.dns.zone import Layered, ZoneBuilder, build_zone
 from pyproxy.model import parse_objects
 from tests.factories import endpoint, endpoint_slice, service
 
@@ -101,7 +102,7 @@ def test_an_updated_zone_keeps_the_answers_of_unchanged_names_and_renews_the_cha
     builder = ZoneBuilder()
     objects = parse_objects(CLUSTER)
     responder = Responder(builder.update(objects))
-    for name in ("web", "db"):
+    for name in ("web", "db", "plain"):
         _answers(responder, f"{name}.ns.svc.cluster.local")  # rendered and cached
     key = (dns.name.from_text("web.ns.svc.cluster.local").to_wire(), 1, False)
     web_answer = responder.zone.wire_cache[key]
@@ -113,7 +114,11 @@ def test_an_updated_zone_keeps_the_answers_of_unchanged_names_and_renews_the_cha
     responder.zone = builder.update(changed)
     assert responder.zone.fresh(responder.zone.wire_cache.get(key), key[0]) is web_answer, "not rendered again"
     assert _answers(responder, "db.ns.svc.cluster.local")[1] == ["10.244.1.5"]
-    assert _answers(responder, "plain.ns.svc.cluster.local")[0] == dns.rcode.NXDOMAIN
+    renders = []
+    with patch("pyproxy.dns.server.render_wire", side_effect=lambda *a: renders.append(a) or render_wire(*a)):
+        for _ in range(3):
+            assert _answers(responder, "plain.ns.svc.cluster.local")[0] == dns.rcode.NXDOMAIN
+    assert len(renders) == 1, "a removed name's negative answer is rendered once, then cached"
     assert _answers(Responder(old), "db.ns.svc.cluster.local")[1] == ["10.244.1.5", "10.244.1.6"], (
         "a query still reading the previous version sees it whole")
 
@@ -142,10 +147,18 @@ def _objects(name: str, state) -> list[dict]:
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["s0", "s1", "s2", "s3"]), _SERVICE_STATE), min_size=1, max_size=8),
-       st.booleans())
-def test_a_zone_updated_change_by_change_answers_as_one_built_from_nothing(steps, told):
+       st.booleans(), st.booleans())
+def test_a_zone_updated_change_by_change_answers_as_one_built_from_nothing(steps, told, small):
     """`told`: the builder is handed each step's change set (as the DNS daemon's store does);
-    otherwise it compares every object itself."""
+    otherwise it compares every object itself. `small`: the layers fold and the version stamps
+    of names long gone are pruned after a few changes, as they do after many in a big zone."""
+    with patch.object(Layered, "TOP", 2 if small else Layered.TOP), \
+            patch.object(Layered, "MID", 4 if small else Layered.MID), \
+            patch.object(ZoneBuilder, "PRUNE_SLACK", 0 if small else ZoneBuilder.PRUNE_SLACK):
+        _update_step_by_step(steps, told)
+
+
+def _update_step_by_step(steps, told) -> None:
     builder = ZoneBuilder()
     cluster = parse_objects([])
     names = set()
