@@ -87,11 +87,11 @@ class Responder:
         zone = self.zone
         if zone is None:
             return self._error(qid, flags, dns.rcode.SERVFAIL, question, edns)
-        # The finished answer, by the question's wire bytes lowercased (DNS case is ASCII only).
-        # (rcode, wire, the zone version it was rendered at), shared by the zone's versions
+        # The finished answer, (rcode, wire, the zone version it was rendered at), by the question's
+        # wire bytes lowercased (DNS case is ASCII only); shared by the zone's versions. Each cache
+        # is asked on its own: a name just removed has a stale positive answer and a fresh negative one.
         key = (data[12:qname_end].lower(), qtype, edns)
         cache = zone.wire_cache
-        # (each cache on its own: a name just removed has a stale positive answer and a fresh negative one)
         cached = zone.fresh(cache.get(key), key[0]) or zone.fresh(zone.negative_wire.get(key), key[0])
         if cached is None:
             rendered = render_wire(zone, data[12:qname_end], qtype, edns)
@@ -132,20 +132,6 @@ def render_wire(zone: Zone, qname_wire: bytes, qtype: int, edns: bool,
     if limit:
         return entry.rcode, render_truncated(entry, name, qtype, edns, limit, EDNS_PAYLOAD)
     return entry.rcode, render_entry(entry, name, qtype, edns, EDNS_PAYLOAD)
-
-
-def warm(zone: Zone) -> int:
-    """Render every answer of the zone ahead of queries (benchmarks: a flood of cache misses would
-    otherwise queue behind ~0.1 ms renders). Returns how many were rendered anew."""
-    rendered = 0
-    for wire, types in zone.records.items():
-        for rdtype in types:
-            for edns in (False, True):
-                key = (wire, rdtype, edns)
-                if zone.fresh(zone.wire_cache.get(key), wire) is None:
-                    zone.wire_cache[key] = (*render_wire(zone, wire, rdtype, edns), zone.version)
-                    rendered += 1
-    return rendered
 
 
 def _udp_loop(sock: socket.socket, responder: Responder, stopped: threading.Event) -> None:

@@ -283,9 +283,8 @@ class ZoneBuilder:
         """The next version for `cluster`. `changes` (kind -> keys changed since the last update,
         a Store's take_changes) spares comparing every object; without it they are compared."""
         if changes is None or self.zone is None:
-            changed = self._changed_services(cluster)
-        else:
-            changed = self._changed_by(cluster, changes)
+            changes = self._changes_of(cluster)
+        changed = self._changed_by(cluster, changes)
         if self.zone is None:
             own: dict = {}
             _add(own, wire_name("dns-version." + self.suffix), dns.rdatatype.TXT, f'"{SCHEMA_VERSION}"')
@@ -315,25 +314,13 @@ class ZoneBuilder:
             self._own(additional, key)
         return self._publish(base, touched_names)
 
-    def _changed_services(self, cluster: Cluster) -> set[str]:
-        """Keys of the services whose records may differ from the last update's."""
-        changed = {k for k, svc in cluster.services.items() if self._services.get(k) is not svc}
-        changed |= {k for k in self._services if k not in cluster.services}
-        for key, s in cluster.slices.items():
-            old = self._slices.get(key)
-            if old is not s:
-                changed.add(s.service_key)
-                self._slice_keys.setdefault(s.service_key, set()).add(key)
-                if old is not None and old.service_key != s.service_key:
-                    changed.add(old.service_key)
-                    self._slice_keys[old.service_key].discard(key)
-        for key in [k for k in self._slices if k not in cluster.slices]:
-            service = self._slices[key].service_key
-            changed.add(service)
-            self._slice_keys[service].discard(key)
-        self._drop_empty(changed)
-        self._services, self._slices = dict(cluster.services), dict(cluster.slices)
-        return changed
+    def _changes_of(self, cluster: Cluster) -> dict[str, set[str]]:
+        """The change set since the last update, found by comparing every object with it (the
+        store keeps an unchanged object's instance)."""
+        services = {k for k, svc in cluster.services.items() if self._services.get(k) is not svc}
+        slices = {k for k, s in cluster.slices.items() if self._slices.get(k) is not s}
+        return {"Service": services | (self._services.keys() - cluster.services.keys()),
+                "EndpointSlice": slices | (self._slices.keys() - cluster.slices.keys())}
 
     def _changed_by(self, cluster: Cluster, changes: dict[str, set[str]]) -> set[str]:
         """Keys of the services a change set can have changed (the Services in it, and the

@@ -18,9 +18,8 @@ from ..backend import PortMemo
 from ..chainhash import chain_hash, port_proto_hash
 from ..config import ProxyConfig
 from ..rendertext import object_text
+from ..view import NodeView, ServicePortView, local_traffic, node_port_ips, source_ranges_admit_node
 from ..xtables.rules import Jump, local_match
-from ..view import (NodeView, ServicePortView, local_traffic, node_port_ips,
-                    source_ranges_admit_node)
 
 KUBE_SERVICES = "KUBE-SERVICES"
 KUBE_EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
