@@ -105,12 +105,12 @@ def one(n: int, endpoints: int) -> dict:
 
     builder = ZoneBuilder()
     builder.update(store.cluster)
-    changes = store.follow_changes()
+    follower = store.follow()
     for told in (False, True):  # comparing every object, or handed the Store's change set
         updates = []
         for k in range(5):
             drop_one(store, (k * 104729 + told) % n)
-            cluster, _, changed = store.take_changes(changes)
+            cluster, _, changed = follower.take()
             start = time.perf_counter()
             builder.update(cluster, changed if told else None)
             updates.append(time.perf_counter() - start)

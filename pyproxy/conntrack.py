@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from .netlink.conntrack import Conntrack, ConntrackError
 
-from .view import NodeView
+from .view import NodeView, PortFollower
 
 @dataclass(frozen=True)
 class Flow:
@@ -112,17 +112,17 @@ log = logging.getLogger("pyproxy.conntrack")
 class ConntrackCleaner:
     def __init__(self, family: int = 4) -> None:
         self.family = family
-        self._udp_ports: dict[str, object] | None = None  # the UDP ports seen at the last clean
+        self._udp = PortFollower(lambda sp: sp.family == family and sp.protocol == "UDP")  # as at the last clean
         self._socket: tuple[int, Conntrack] | None = None  # per network namespace, kept open
 
     def _suspects(self, view: NodeView, full: bool) -> set[str] | None:
         """The addresses to ask the kernel about (see suspect_addresses), an empty set when no
         UDP port's view changed (views are the same objects while nothing changed, so most syncs
         list nothing), None for every UDP flow."""
-        ports = {sp.key: sp for sp in view.family(self.family) if sp.protocol == "UDP"}
-        old, self._udp_ports = self._udp_ports, ports
-        if full or old is None:
+        moved = self._udp.follow(view)
+        if full or moved is None:
             return None
+        old, ports = moved
         suspects = suspect_addresses(old, ports, view.node_ips_of(self.family))
         return suspects if len(suspects) <= TARGETED_ADDRESSES else None
 
@@ -151,6 +151,6 @@ class ConntrackCleaner:
                 stale = [flow for ip in sorted(suspects) for flow in ct.flows(self.family, "udp", rule, reply_src=ip)]
             return ct.delete([orig for orig, _ in stale], self.family, "udp")
         except (ConntrackError, OSError) as err:
-            self._udp_ports = None  # check everything again at the next sync
+            self._udp.forget()  # check everything again at the next sync
             log.warning("stale UDP flows not cleaned (retried at the next sync): %s", err)
             return 0

@@ -22,7 +22,8 @@ from .health import FAMILY_NAMES, ProxyHealth, ServiceHealthServers, health_serv
 from .metrics import Metrics
 from .backend import SyncError
 from .proxier import Proxier, SyncReport
-from .sources.store import Store
+from .sources.store import Follower, Store
+from .view import PortFollower
 
 log = logging.getLogger("pyproxy")
 
@@ -87,7 +88,11 @@ class Daemon:
         self.exit_code = 0  # what run() returns after a stop asked for by the daemon itself
         self.latencies: list[float] = []  # network programming latencies seen (for benchmarks)
         self.syncs = 0
-        self._triggers: dict[str, str] = {}
+        self._triggers: dict[str, str] = {}  # slice key -> the trigger time last seen applied
+        # the ports with a Local traffic policy, for kube-proxy's no-local-endpoints gauges and the
+        # health check node ports: followed change by change, not found by a walk at every sync
+        self._local_policy = PortFollower(lambda p: p.internal_policy_local or p.external_policy_local)
+        self._follower: Follower | None = None  # the store's changes since the last sync, and a copy kept up to date
         self._changes_seen = (0, 0)
         self._pod_cidrs: tuple | None = None  # detectLocalMode NodeCIDR: the podCIDRs rules were made for
         self._pod_cidrs_waiting = False
@@ -175,9 +180,13 @@ class Daemon:
                 self.stop_event.wait(min(delay, 0.5))
                 continue
             bucket.take()
-            cluster, version = store.snapshot(take_pending=True)
+            if self._follower is None:  # followed from the first sync on (that one compares everything)
+                self._follower = store.follow()
+            cluster, version, changes = self._follower.take(take_pending=True)
+            # after a failed sync, what it took is not reported yet: this one looks at everything
+            reported = None if failed or not self.syncs else changes
             try:
-                report = self.proxier.sync(cluster, full=full)
+                report = self.proxier.sync(cluster, full=full, changes=changes)
             except Exception as err:  # noqa: BLE001 - keep running; the next sync is a full one
                 log.error("sync failed, previous rules left in place: %s", err)
                 if isinstance(err, SyncError):  # the kernel refused the rules (any mode)
@@ -191,7 +200,7 @@ class Daemon:
             last_sync = now
             if full:
                 last_full = now
-            self._after_sync(report, cluster)
+            self._after_sync(report, cluster, reported)
             if once:
                 return 0
         return 0
@@ -279,9 +288,11 @@ class Daemon:
                 "/configz": lambda: (200, "application/json", json.dumps(configz).encode()),
                 "/healthz": healthz}
 
-    def _after_sync(self, report: SyncReport, cluster) -> None:
+    def _after_sync(self, report: SyncReport, cluster, changes: dict[str, set[str]] | None = None) -> None:
+        """`changes`: what the store says changed since the previous sync (None: look at everything)."""
         now = time.time()
         view = report.view
+        self._local_policy.follow(view)
         m = self.metrics
         node = cluster.nodes.get(self.proxier.node_name)
         self.health.node_eligible = node is not None and not view.deleting
@@ -302,32 +313,50 @@ class Daemon:
                         gauge.labels(ip_family=ip_family, table=table).set(count)
             m.conntrack_duration.labels(ip_family=ip_family).observe(report.conntrack_seconds.get(family, 0.0))
             m.conntrack_deleted.labels(ip_family=ip_family).inc(report.stale_flows.get(family, 0))
-            ports = view.family(family)
+            local = [p for p in self._local_policy.ports.values() if p.family == family]
             m.no_local_endpoints.labels(ip_family=ip_family, traffic_policy="internal").set(
-                sum(1 for p in ports if p.internal_policy_local and not p.local_endpoints))
+                sum(1 for p in local if p.internal_policy_local and not p.local_endpoints))
             m.no_local_endpoints.labels(ip_family=ip_family, traffic_policy="external").set(
-                sum(1 for p in ports if p.external_policy_local and p.externally_accessible and not p.local_endpoints))
-            log.info("synced ipv%d: %s, %d service ports, %d chains written, %d deleted, render %.3fs, apply %.3fs, "
-                     "%d stale UDP flows removed", family, "full" if result.full else "partial", len(ports),
+                sum(1 for p in local if p.external_policy_local and p.externally_accessible and not p.local_endpoints))
+            log.info("synced ipv%d: %s, %s, %d chains written, %d deleted, render %.3fs, apply %.3fs, "
+                     "%d stale UDP flows removed", family, "full" if result.full else "partial",
+                     _ports_synced(view, family, result.full),
                      result.chains_written, result.chains_deleted, report.render_seconds, result.seconds,
                      report.stale_flows.get(family, 0))
-        # Network programming latency: slices whose trigger time we have not seen applied yet.
-        triggers = {key: s for key, s in cluster.slices.items() if s.trigger_time}
-        for key, slice_ in triggers.items():
-            if self._triggers.get(key) != slice_.trigger_time:
+        # Network programming latency: slices whose trigger time we have not seen applied yet
+        # (only those changed since the last sync, when the store said which).
+        keys = cluster.slices.keys() if changes is None else changes.get("EndpointSlice", ())
+        for key in keys:
+            slice_ = cluster.slices.get(key)
+            if slice_ is None or not slice_.trigger_time:
+                self._triggers.pop(key, None)
+            elif self._triggers.get(key) != slice_.trigger_time:
+                self._triggers[key] = slice_.trigger_time
                 family = 6 if slice_.address_type == "IPv6" else 4
                 if family in report.results:
                     latency = m.observe_trigger(slice_.trigger_time, now, family)
                     if latency is not None:
                         self.latencies.append(latency)
-        self._triggers = {key: s.trigger_time for key, s in triggers.items()}
+        if changes is None:
+            self._triggers = {k: t for k, t in self._triggers.items() if k in cluster.slices}
         wanted = {}
-        for p in view.ports:
+        for p in self._local_policy.ports.values():
             if p.health_check_node_port and p.external_policy_local:
                 count = sum(1 for ep in p.local_endpoints if ep.ready)
                 wanted[p.health_check_node_port] = (p.namespace, p.name, count)
         self.service_health.sync(wanted, self._health_check_hosts(view))
         self.syncs += 1
+
+
+def _ports_synced(view, family: int, full: bool) -> str:
+    """For the sync's log line: every port after a full sync; what changed after a partial one
+    that followed the view's changes (counting every port is a walk at each sync)."""
+    if full or view.changes is None:
+        return f"{len(view.family(family))} service ports"
+    c = view.changes
+    moved = sum(1 for p in (*c.changed, *c.added) if p.family == family)
+    moved += sum(1 for key in c.removed if key.endswith(f"/ipv{family}"))  # a port's key ends so
+    return f"{moved} service ports changed"
 
 
 def exit_when_changed(path: str, daemon: "Daemon", poll: float = 2.0) -> threading.Thread:

@@ -11,12 +11,15 @@ renders a view faithfully behaves like kube-proxy.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from socket import inet_ntoa
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from functools import cached_property
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from .config import ProxyConfig
+from .layered import Layered
 from .model.cluster import Cluster
 from .model.types import (
     SERVICE_PROXY_NAME_LABEL,
@@ -47,6 +50,27 @@ class EndpointView(NamedTuple):
 
     def __str__(self) -> str:
         return self.label
+
+
+# A frontend's kind: where clients reach the service port.
+CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER_IP, NODE_PORT = "cluster IP", "external IP", "load-balancer IP", "node port"
+# Where a frontend sends new connections (its route):
+TO_CLUSTER = "cluster endpoints"  # straight to the endpoints for "Cluster" traffic policy
+TO_LOCAL = "local endpoints"  # straight to this node's endpoints ("Local" traffic policy)
+EXTERNAL = "external path"  # masquerade, or the Local policy's short-circuits, then the external policy's endpoints
+FIREWALL = "firewall"  # loadBalancerSourceRanges first (others dropped), then the external path
+REJECT, DROP = "reject", "drop"  # the verdicts for connections no usable endpoint can take
+
+
+class Frontend(NamedTuple):
+    """One address and port a service port answers on, and what becomes of its connections: a
+    renderer writes each in its own syntax without deciding anything about Kubernetes."""
+
+    kind: str  # CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER_IP, NODE_PORT
+    address: IPAddress | None  # None for a node port: on every node-port address
+    port: int
+    route: str  # TO_CLUSTER, TO_LOCAL, EXTERNAL or FIREWALL; "" when connections are not sent to endpoints
+    verdict: str = ""  # REJECT or DROP for the connections that no usable endpoint can take ("" none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +153,65 @@ class ServicePortView:
         """What a frontend without a usable endpoint does: "reject" when the service has none
         anywhere (the client learns at once), "drop" when only a Local policy's endpoints on
         this node are missing (kube-proxy: the client may retry through another node)."""
-        return "drop" if self.has_endpoints else "reject"
+        return DROP if self.has_endpoints else REJECT
 
     @property
     def uses_firewall(self) -> bool:
         """loadBalancerSourceRanges filtering on the load-balancer IPs."""
         return self.has_endpoints and bool(self.load_balancer_ips) and bool(self.load_balancer_source_ranges)
+
+    @property
+    def internal_route(self) -> str:
+        """Which endpoints internal traffic goes to (internalTrafficPolicy)."""
+        return TO_LOCAL if self.internal_policy_local else TO_CLUSTER
+
+    @property
+    def external_route(self) -> str:
+        """Which endpoints the external path ends at (externalTrafficPolicy)."""
+        return TO_LOCAL if self.external_policy_local else TO_CLUSTER
+
+    @property
+    def internal_verdict(self) -> str:
+        """What connections to the cluster IP get when no endpoint can take them ("" when one can)."""
+        return "" if self.has_internal_endpoints else self.no_endpoint_verdict
+
+    @property
+    def external_verdict(self) -> str:
+        """The same for the external frontends (externalTrafficPolicy decides which endpoints count)."""
+        return "" if self.has_external_endpoints else self.no_endpoint_verdict
+
+    @property
+    def frontends(self) -> tuple[Frontend, ...]:
+        """kube-proxy's frontends in its order: the cluster IP, the external IPs, the load-balancer
+        IPs, the node port. The cluster IP goes straight to the internal policy's endpoints; the
+        others take the external path whenever there are endpoints at all (pods short-circuit to
+        the cluster's even when external traffic has none), and get the no-endpoint verdict when
+        external traffic has none usable."""
+        internal = Frontend(CLUSTER_IP, self.cluster_ip, self.port,
+                            self.internal_route if self.has_internal_endpoints else "", self.internal_verdict)
+        external = EXTERNAL if self.has_endpoints else ""
+        verdict = self.external_verdict
+        balancer = FIREWALL if self.uses_firewall else external
+        return (internal,
+                *(Frontend(EXTERNAL_IP, ip, self.port, external, verdict) for ip in self.external_ips),
+                *(Frontend(LOAD_BALANCER_IP, ip, self.port, balancer, verdict) for ip in self.load_balancer_ips),
+                *((Frontend(NODE_PORT, None, self.node_port, external, verdict),) if self.node_port else ()))
+
+
+class ViewChanges(NamedTuple):
+    """What differs from the same builder's previous view (sequence `since`). A consumer that last
+    saw view `since` applies these instead of comparing every port (at 100,000 services a walk
+    costs more than the change); any other consumer compares (see backend.PortMemo)."""
+
+    since: int
+    changed: tuple[ServicePortView, ...]  # ports of view `since` whose view is different now
+    added: tuple[ServicePortView, ...]
+    removed: frozenset[str]  # keys of the ports that went
+
+    @property
+    def same_ports(self) -> bool:
+        """No port came or went: the previous view's port order stands."""
+        return not self.added and not self.removed
 
 
 @dataclass(frozen=True)
@@ -142,18 +219,30 @@ class NodeView:
     node_name: str
     node_ips: tuple[IPAddress, ...]
     pod_cidrs: tuple[IPNetwork, ...]
-    ports: tuple[ServicePortView, ...]
+    # service key -> its port views (by port key), and the service keys sorted: the ports' order
+    services: Mapping[str, tuple[ServicePortView, ...]]
+    service_keys: Sequence[str]
     deleting: bool = False
     # the addresses on this node's interfaces, where nodePortAddresses' CIDRs are matched (as
     # kube-proxy matches them); None where they cannot be read (dump, trace): the Node's and loopback
     interface_ips: tuple[IPAddress, ...] | None = None
     service_ranges: tuple[IPNetwork, ...] = ()  # the ServiceCIDRs' ranges, both families
+    sequence: int = field(default=0, compare=False)  # this view's number from its builder
+    changes: ViewChanges | None = field(default=None, compare=False)  # None: compare everything
+
+    @cached_property
+    def ports(self) -> tuple[ServicePortView, ...]:
+        # built when first asked: a partial sync that follows `changes` never walks every port
+        return tuple(p for key in self.service_keys for p in self.services[key])
 
     def service_ranges_of(self, family: int) -> tuple[IPNetwork, ...]:
         return tuple(c for c in self.service_ranges if c.version == family)
 
     def family(self, family: int) -> tuple[ServicePortView, ...]:
-        return tuple(p for p in self.ports if p.family == family)
+        cache = self.__dict__.setdefault("_families", {})  # a cache of a frozen value's own walk
+        if family not in cache:
+            cache[family] = tuple(p for p in self.ports if p.family == family)
+        return cache[family]
 
     def node_ips_of(self, family: int) -> tuple[IPAddress, ...]:
         return tuple(ip for ip in self.node_ips if ip.version == family)
@@ -298,12 +387,14 @@ def build_view(cluster: Cluster, node_name: str, proxy_name: str = "",
 
 
 class ViewBuilder:
-    """build_view with a memo: a service whose Service and EndpointSlice objects are the very same
-    objects as last time (sources replace only what changed) keeps its ServicePortViews, so a
-    one-endpoint change costs one service's work, not the cluster's. The slices are grouped by
-    service incrementally and the sorted service keys kept while the key set stands, so the rest
-    of a build is a walk of identity checks. Still pure: the memo only ever returns what the
-    computation would."""
+    """build_view, kept up to date: only the services whose Service or EndpointSlices changed are
+    computed again, and each view says what differs from the previous one (ViewChanges), so a
+    one-endpoint change costs one service's work, not the cluster's.
+
+    What changed is found either from the caller's change set (the Store's keys, `changes`), at
+    a cost proportional to the change, or by comparing every object with the last build's by
+    identity (sources replace only what changed). A port view equal to the previous one is the
+    previous object. Still pure: the result is always what build_view would compute."""
 
     def __init__(self, node_name: str, proxy_name: str = "", primary_ip: str = "") -> None:
         self.node_name = node_name
@@ -311,76 +402,162 @@ class ViewBuilder:
         # kube-proxy's bindAddress: this address is the node's primary IP, before the Node's own
         self.primary_ip = (ipaddress.ip_address(primary_ip),) if primary_ip else ()
         self._node: Node | None = None
+        self._sequence = 0
         self._reset()
 
     def _reset(self) -> None:
-        self._memo: dict[str, tuple[Service, list[ServicePortView]]] = {}
-        self._slices: dict[str, EndpointSlice] = {}  # a copy of the last build's slices
+        self._services: dict[str, Service] = {}  # the Services the views were computed from
+        self._views = Layered()  # service key -> its port views (a version per build: views share the rest)
+        self._slices: dict[str, EndpointSlice] = {}  # the slices the views were computed from
         self._members: dict[str, set[str]] = {}  # service key -> its slices' keys
         self._groups: dict[str, tuple[EndpointSlice, ...]] = {}  # service key -> slices, by slice key
-        self._keys: list[str] = []
-        self._key_set: set[str] = set()
+        self._keys: list[str] = []  # sorted; a new list whenever the key set changes (views share it)
+        self._fresh = True  # nothing built since the reset: there is no previous view to differ from
 
-    def _regroup(self, slices: dict[str, EndpointSlice]) -> set[str]:
-        """Bring the per-service slice groups up to date; return the services whose group changed."""
+    def _regroup(self, slices: dict[str, EndpointSlice], keys: Iterable[str] | None) -> set[str]:
+        """Bring the per-service slice groups up to date with the slices named by `keys` (None:
+        all of them, compared); return the services whose group changed."""
         prev = self._slices
+        if keys is None:
+            keys = [k for k, s in slices.items() if prev.get(k) is not s] + [k for k in prev if k not in slices]
         touched: set[str] = set()
-        moved: list[tuple[str, EndpointSlice | None, EndpointSlice | None]] = []
-        for key, s in slices.items():
-            old = prev.get(key)
-            if old is not s:
-                moved.append((key, old, s))
-        for key in prev.keys() - slices.keys():
-            moved.append((key, prev[key], None))
-        for key, old, new in moved:
+        for key in keys:
+            old, new = prev.get(key), slices.get(key)
+            if old is new:
+                continue
             if old is not None:
                 touched.add(old.service_key)
                 self._members.get(old.service_key, set()).discard(key)
+                del prev[key]
             if new is not None:
                 touched.add(new.service_key)
                 self._members.setdefault(new.service_key, set()).add(key)
-        if moved:
-            self._slices = dict(slices)
-            for service in touched:
-                members = self._members.get(service)
-                if members:
-                    self._groups[service] = tuple(slices[k] for k in sorted(members))  # a stable order
-                else:
-                    self._groups.pop(service, None)
-                    self._members.pop(service, None)
+                prev[key] = new
+        for service in touched:
+            members = self._members.get(service)
+            if members:
+                self._groups[service] = tuple(prev[k] for k in sorted(members))  # a stable order
+            else:
+                self._groups.pop(service, None)
+                self._members.pop(service, None)
         return touched
 
     def build(self, cluster: Cluster, local_addresses: Iterable[IPAddress] = (),
-              interface_ips: tuple[IPAddress, ...] | None = None) -> NodeView:
+              interface_ips: tuple[IPAddress, ...] | None = None,
+              changes: Mapping[str, Iterable[str]] | None = None) -> NodeView:
+        """`changes`: the keys changed since the previous build, by kind (Follower.take), or
+        None to compare everything."""
         node = cluster.nodes.get(self.node_name)
         if node != self._node:  # topology and locality depend on the node: start over
             self._node = node
             self._reset()
-        touched = self._regroup(cluster.slices)
-        if cluster.services.keys() != self._key_set:
-            self._key_set = set(cluster.services)
-            self._keys = sorted(self._key_set)
-        memo: dict[str, tuple[Service, list[ServicePortView]]] = {}
-        ports: list[ServicePortView] = []
-        for key in self._keys:
-            svc = cluster.services[key]
-            old = self._memo.get(key)
-            if old is not None and old[0] is svc and key not in touched:
-                views = old[1]
-            elif not is_proxied(svc, self.proxy_name):
-                views = []
-            else:
-                views = sorted(service_port_views(svc, self._groups.get(key, ()), node, self.node_name),
-                               key=lambda p: p.key)
-            memo[key] = (svc, views)
-            ports.extend(views)
-        self._memo = memo
+        try:
+            view = self._build(cluster, node, local_addresses, interface_ips, None if self._fresh else changes)
+        except BaseException:
+            self._reset()  # half-updated state must not be taken for the last build's
+            raise
+        self._fresh = False
+        return view
+
+    def _build(self, cluster: Cluster, node: Node | None, local_addresses: Iterable[IPAddress],
+               interface_ips: tuple[IPAddress, ...] | None, changes: Mapping[str, Iterable[str]] | None) -> NodeView:
+        services = cluster.services
+        if changes is None:
+            touched = self._regroup(cluster.slices, None)
+            touched.update(k for k, svc in services.items() if self._services.get(k) is not svc)
+            touched.update(k for k in self._services if k not in services)
+        else:
+            touched = self._regroup(cluster.slices, changes.get("EndpointSlice", ()))
+            touched.update(changes.get("Service", ()))
+        changed: list[ServicePortView] = []
+        added: list[ServicePortView] = []
+        removed: set[str] = set()
+        appeared: list[str] = []
+        gone: list[str] = []
+        updates: dict[str, tuple[ServicePortView, ...] | None] = {}
+        for key in sorted(touched):
+            svc = services.get(key)
+            before = {p.key: p for p in self._views.get(key, ())}
+            if svc is None:
+                if self._services.pop(key, None) is not None:
+                    gone.append(key)
+                updates[key] = None
+                removed.update(before)
+                continue
+            if key not in self._services:
+                appeared.append(key)
+            self._services[key] = svc
+            views = []
+            if is_proxied(svc, self.proxy_name):
+                for p in sorted(service_port_views(svc, self._groups.get(key, ()), node, self.node_name),
+                                key=lambda p: p.key):
+                    old = before.pop(p.key, None)
+                    if old is None:
+                        added.append(p)
+                    elif old != p:
+                        changed.append(p)
+                    else:
+                        p = old  # the same object: consumers that compare by identity skip it
+                    views.append(p)
+            removed.update(before)
+            updates[key] = tuple(views)
+        self._views = self._views.updated(updates)
+        if appeared or gone:
+            self._keys = _moved(self._keys, appeared, gone)
+        self._sequence += 1
+        view_changes = None if self._fresh else ViewChanges(
+            self._sequence - 1, tuple(changed), tuple(added), frozenset(removed))
         node_ips = node_addresses(node, local_addresses)
         if self.primary_ip:
             node_ips = self.primary_ip + tuple(ip for ip in node_ips if ip not in self.primary_ip)
         return NodeView(self.node_name, node_ips, node.pod_cidrs if node else (),
-                        tuple(ports), deleting=bool(node and node.deleting), interface_ips=interface_ips,
-                        service_ranges=cluster.service_ranges(4) + cluster.service_ranges(6))
+                        self._views, self._keys, deleting=bool(node and node.deleting),
+                        interface_ips=interface_ips,
+                        service_ranges=cluster.service_ranges(4) + cluster.service_ranges(6),
+                        sequence=self._sequence, changes=view_changes)
+
+
+class PortFollower:
+    """A consumer's own index of the ports it cares about (`keep`), by key, kept up to date from
+    each view's changes when it saw the view they follow, else by a walk over every port."""
+
+    def __init__(self, keep: Callable[[ServicePortView], bool]) -> None:
+        self.keep = keep
+        self.ports: dict[str, ServicePortView] | None = None  # None: nothing seen yet (or forgotten)
+        self._sequence = -1
+
+    def follow(self, view: NodeView) -> tuple[dict[str, ServicePortView], dict[str, ServicePortView]] | None:
+        """The kept ports that differ, (before, after) by key (after the walk: all of them, then
+        and now); None the first time."""
+        changes, known = view.changes, self.ports
+        if known is not None and changes is not None and changes.since == self._sequence:
+            after = {sp.key: sp for sp in (*changes.changed, *changes.added) if self.keep(sp)}
+            gone = (*(sp.key for sp in changes.changed), *changes.removed)
+            before = {key: known.pop(key) for key in gone if key in known}
+            known.update(after)
+            result = (before, after)
+        else:
+            self.ports = {sp.key: sp for sp in view.ports if self.keep(sp)}
+            result = None if known is None else (known, dict(self.ports))
+        self._sequence = view.sequence
+        return result
+
+    def forget(self) -> None:
+        """Walk again at the next view (what was followed may not have been acted on)."""
+        self.ports = None
+
+
+def _moved(keys: list[str], appeared: list[str], gone: list[str]) -> list[str]:
+    """A new sorted key list (views share the old one): a few keys placed by bisection, many by a
+    sort."""
+    if len(appeared) + len(gone) > 64:
+        return sorted(set(keys).union(appeared).difference(gone))
+    out = list(keys)
+    for key in gone:
+        del out[bisect.bisect_left(out, key)]
+    for key in appeared:
+        bisect.insort(out, key)
+    return out
 
 
 LOOPBACK = {4: ipaddress.ip_network("127.0.0.0/8"), 6: ipaddress.ip_network("::1/128")}

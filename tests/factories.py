@@ -57,3 +57,21 @@ def node(name: str, *internal_ips: str, external_ips=(), zone: str | None = None
             "metadata": {"name": name, **({"labels": {"topology.kubernetes.io/zone": zone}} if zone else {})},
             **({"spec": {"podCIDR": pod_cidr}} if pod_cidr else {}),
             **({"status": {"addresses": addresses}} if addresses else {})}
+
+
+def replace_service(cluster, name: str, objects: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """In a parsed Cluster, replace service `name`'s Service and EndpointSlices (named "<name>-...")
+    with `objects` (new instances, as a source writes them); return the change set a Store's
+    follower would take (kind -> keys)."""
+    from pyproxy.model import parse_objects
+
+    fresh = parse_objects(objects)
+    changes: dict[str, set[str]] = {}
+    for table, kind in (("services", "Service"), ("slices", "EndpointSlice")):
+        current = getattr(cluster, table)
+        for key in [k for k in current if k.split("/")[1].split("-")[0] == name]:
+            del current[key]
+            changes.setdefault(kind, set()).add(key)
+        current.update(getattr(fresh, table))
+        changes.setdefault(kind, set()).update(getattr(fresh, table))
+    return changes

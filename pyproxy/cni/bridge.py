@@ -194,12 +194,14 @@ def check(conf: BridgeConf, netns_path: str, ifname: str, ips: list[IPConfig], r
     """CHECK: the container interface, its addresses and routes, and the bridge are as promised."""
     if not os.path.exists(netns_path):
         raise CniError(UNKNOWN_CONTAINER, f"netns {netns_path!r} does not exist")
+    container = netlink_in(netns_path)  # first: a path that is no network namespace is the caller's error (3)
     with Netlink() as host:
         bridge = host.link(conf.bridge)
         if bridge is None or bridge.kind != "bridge":
+            container.close()
             raise CniError(INTERNAL, f"bridge {conf.bridge!r} is missing")
         ports = [link for link in host.links() if link.master == bridge.index]
-    with netlink_in(netns_path) as cont:
+    with container as cont:
         link = cont.link(ifname)
         if link is None:
             raise CniError(INTERNAL, f"interface {ifname} is missing in {netns_path}")

@@ -17,7 +17,7 @@ log = logging.getLogger("pyproxy.dns")
 def follow(source, responder: Responder, zone: str, ttl: int, stop: threading.Event) -> None:
     source.start()
     store = source.store
-    changes = store.follow_changes()  # what changed since the last update: no walk over every object
+    follower = store.follow()  # what changed since the last update: no walk over every object
     try:
         builder, built = ZoneBuilder(zone, ttl), -1
         while not stop.is_set():
@@ -25,12 +25,12 @@ def follow(source, responder: Responder, zone: str, ttl: int, stop: threading.Ev
                 store.wait_for_change(store.version if source.synced() else -2, 0.5)
                 continue
             time.sleep(0.05)  # let a burst of events land in one update
-            cluster, version, changed = store.take_changes(changes)
+            cluster, version, changed = follower.take()
             start = time.monotonic()
             # Unchanged names keep their rendered answers; changed ones render on first query.
             responder.zone = builder.update(cluster, changed)  # swapped whole: a query sees one version or the other
             built = version
             log.info("zone %s updated: %d services, %.3fs", zone, len(cluster.services), time.monotonic() - start)
     finally:
-        store.unfollow(changes)
+        store.unfollow(follower)
         source.stop()

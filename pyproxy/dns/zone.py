@@ -32,6 +32,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from ..layered import Layered
 from ..model.cluster import Cluster
 from ..model.types import EndpointSlice, Service
 
@@ -64,67 +65,6 @@ class BoundedCache(OrderedDict):
 
 
 NEGATIVE_CACHE_ENTRIES = 4096  # answers for names that do not exist: random names land here
-_GONE = object()
-
-
-class Layered:
-    """A read-only mapping made of small dicts of changes over a shared base dict. A new version
-    costs what changed, and an older version stays valid while a query still reads it: a Zone
-    being served is never mutated. `None` in the changes removes a key. Changes go into `top`
-    (copied per version, so kept small), top into `mid` now and then, and mid into a new base
-    only once in very many changes (the one copy of the whole map)."""
-
-    __slots__ = ("base", "mid", "top")
-    TOP = 4096
-    MID = 65536
-
-    def __init__(self, base: dict | None = None, mid: dict | None = None, top: dict | None = None) -> None:
-        self.base = {} if base is None else base
-        self.mid = {} if mid is None else mid
-        self.top = {} if top is None else top
-
-    def get(self, key, default=None):
-        value = self.top.get(key, _GONE)
-        if value is _GONE:
-            value = self.mid.get(key, _GONE)
-            if value is _GONE:
-                return self.base.get(key, default)
-        return default if value is None else value
-
-    def __contains__(self, key) -> bool:
-        return self.get(key) is not None
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.items())
-
-    def items(self):
-        top, mid = self.top, self.mid
-        for key, value in self.base.items():
-            if key not in mid and key not in top:
-                yield key, value
-        for key, value in mid.items():
-            if value is not None and key not in top:
-                yield key, value
-        for key, value in top.items():
-            if value is not None:
-                yield key, value
-
-    def updated(self, changes: dict) -> "Layered":
-        if not changes:
-            return self
-        top = {**self.top, **changes}
-        if len(top) <= self.TOP:
-            return Layered(self.base, self.mid, top)
-        mid = {**self.mid, **top}
-        if len(mid) <= max(self.MID, len(self.base) // 8):
-            return Layered(self.base, mid)
-        return Layered(dict(Layered(self.base, mid).items()))  # a Python loop: the server thread still runs
-
-    def pruned(self, keep) -> "Layered":
-        """The same map without the keys `keep(key)` refuses (one copy of the whole map)."""
-        return Layered({k: v for k, v in self.items() if keep(k)})
-
-
 @dataclass
 class Zone:
     """One version of the zone. Built by a ZoneBuilder, which shares with the next version
@@ -281,7 +221,7 @@ class ZoneBuilder:
 
     def update(self, cluster: Cluster, changes: dict[str, set[str]] | None = None) -> Zone:
         """The next version for `cluster`. `changes` (kind -> keys changed since the last update,
-        a Store's take_changes) spares comparing every object; without it they are compared."""
+        a Store Follower's take) spares comparing every object; without it they are compared."""
         if changes is None or self.zone is None:
             changes = self._changes_of(cluster)
         changed = self._changed_by(cluster, changes)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from ..backend import SyncResult
 from ..xtables.client import ApplyError, XtablesClient
@@ -43,7 +43,7 @@ OWN_CHAINS = {
 class IptablesBackend(XtablesClient):
     def __init__(self, family: int = 4, variant: str = "auto") -> None:
         super().__init__(family, variant)
-        self._services: dict[str, ServiceRules] | None = None  # what the kernel holds, by service port
+        self._services: Mapping[str, ServiceRules] | None = None  # what the kernel holds, by service port
         self._shared: dict[tuple[str, str], list[str]] = {}
         self.last_ruleset: Ruleset | None = None  # what the last successful sync applied
 
@@ -73,7 +73,7 @@ class IptablesBackend(XtablesClient):
             self._services = None  # whatever happened, the next sync starts from the kernel
             raise
         ruleset = lazy.materialize()
-        self._services = dict(ruleset.services)
+        self._services = ruleset.services  # a renderer never changes a ruleset it handed out
         self._shared = {k: list(v) for k, v in ruleset.shared.items()}
         self.last_ruleset = ruleset
         return SyncResult(full, time.monotonic() - start, written, deleted, size)
@@ -187,8 +187,11 @@ class IptablesBackend(XtablesClient):
     def _partial(self, ruleset: Ruleset) -> tuple[list[str] | None, int, int]:
         assert self._services is not None
         old = self._services
-        changed = [k for k, rules in ruleset.services.items() if old.get(k) is not rules]
-        removed = [k for k in old if k not in ruleset.services]
+        if ruleset.changes is not None and ruleset.changes.base is old:  # the renderer says what it changed
+            changed, removed = sorted(ruleset.changes.changed), sorted(ruleset.changes.removed)
+        else:
+            changed = [k for k, rules in ruleset.services.items() if old.get(k) is not rules]
+            removed = [k for k in old if k not in ruleset.services]
         new_chains: dict[str, list[str]] = {}
         for key in changed:
             new_chains.update(ruleset.services[key].chains)

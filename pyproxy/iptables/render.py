@@ -12,13 +12,14 @@ partial sync rewrites only the own chains of services that changed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
-from ..backend import PortMemo
+from ..backend import PortMemo, RenderChanges
 from ..chainhash import chain_hash, port_proto_hash
 from ..config import ProxyConfig
 from ..rendertext import object_text
-from ..view import NodeView, ServicePortView, local_traffic, node_port_ips, source_ranges_admit_node
+from ..view import (CLUSTER_IP, EXTERNAL, EXTERNAL_IP, FIREWALL, LOAD_BALANCER_IP, NODE_PORT, TO_CLUSTER,
+                    TO_LOCAL, NodeView, ServicePortView, local_traffic, node_port_ips, source_ranges_admit_node)
 from ..xtables.rules import Jump, local_match
 
 KUBE_SERVICES = "KUBE-SERVICES"
@@ -114,53 +115,31 @@ def render_service(sp: ServicePortView, ctx: Context) -> ServiceRules:
     names = chain_names(sp)
     svc_chain, svl_chain, ext_chain, fw_chain = names["svc"], names["svl"], names["ext"], names["fw"]
     cluster_ip, port = str(sp.cluster_ip), str(sp.port)
-    has_endpoints = sp.has_endpoints
     uses_cluster_chain, uses_local_chain = sp.uses_cluster_chain, sp.uses_local_chain
-    internal_chain = svl_chain if sp.internal_policy_local else svc_chain
-    external_policy_chain = svl_chain if sp.external_policy_local else svc_chain
+    route_chain = {TO_CLUSTER: svc_chain, TO_LOCAL: svl_chain, EXTERNAL: ext_chain, FIREWALL: fw_chain}
+    internal_chain, external_policy_chain = route_chain[sp.internal_route], route_chain[sp.external_route]
     has_internal, has_external = sp.has_internal_endpoints, sp.has_external_endpoints
     uses_ext_chain, uses_fw_chain = sp.uses_external_chain, sp.uses_firewall
-    lb_chain = fw_chain if uses_fw_chain else ext_chain
-
     # what a frontend without usable endpoints gets, internal or external alike
-    unusable_target = sp.no_endpoint_verdict.upper()
-    unusable_comment = f"{name} has no {'local ' if has_endpoints else ''}endpoints"
+    unusable_comment = _comment(f"{name} has no {'local ' if sp.has_endpoints else ''}endpoints")
+    nat_comments = {CLUSTER_IP: f"{name} cluster IP", EXTERNAL_IP: f"{name} external IP",
+                    LOAD_BALANCER_IP: f"{name} loadbalancer IP", NODE_PORT: name}
 
-    # Frontends: the cluster IP.
-    if has_internal:
-        out.add("nat", KUBE_SERVICES, *_comment(f"{name} cluster IP"), "-m", proto, "-p", proto,
-                "-d", cluster_ip, "--dport", port, "-j", internal_chain)
-    else:
-        out.add("filter", KUBE_SERVICES, *_comment(unusable_comment), "-m", proto, "-p", proto,
-                "-d", cluster_ip, "--dport", port, "-j", unusable_target)
-    # External IPs.
-    for ip in map(str, sp.external_ips):
-        if has_endpoints:
-            out.add("nat", KUBE_SERVICES, *_comment(f"{name} external IP"), "-m", proto, "-p", proto,
-                    "-d", ip, "--dport", port, "-j", ext_chain)
-        if not has_external:
-            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(unusable_comment), "-m", proto, "-p", proto,
-                    "-d", ip, "--dport", port, "-j", unusable_target)
-    # Load-balancer IPs.
-    for ip in map(str, sp.load_balancer_ips):
-        if has_endpoints:
-            out.add("nat", KUBE_SERVICES, *_comment(f"{name} loadbalancer IP"), "-m", proto, "-p", proto,
-                    "-d", ip, "--dport", port, "-j", lb_chain)
-        if uses_fw_chain:
+    for fe in sp.frontends:
+        if fe.kind == NODE_PORT:
+            match = ("-m", proto, "-p", proto, "--dport", str(fe.port))
+            unusable_match = ("-m", "addrtype", "--dst-type", "LOCAL", *match)
+        else:
+            match = unusable_match = ("-m", proto, "-p", proto, "-d", str(fe.address), "--dport", str(fe.port))
+        if fe.route:
+            out.add("nat", KUBE_NODEPORTS if fe.kind == NODE_PORT else KUBE_SERVICES,
+                    *_comment(nat_comments[fe.kind]), *match, "-j", route_chain[fe.route])
+        if fe.route == FIREWALL:
             out.add("filter", KUBE_PROXY_FIREWALL, *_comment(f"{name} traffic not accepted by {fw_chain}"),
-                    "-m", proto, "-p", proto, "-d", ip, "--dport", port, "-j", "DROP")
-    if not has_external:
-        for ip in map(str, sp.load_balancer_ips):
-            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(unusable_comment), "-m", proto, "-p", proto,
-                    "-d", ip, "--dport", port, "-j", unusable_target)
-    # Node ports.
-    if sp.node_port:
-        if has_endpoints:
-            out.add("nat", KUBE_NODEPORTS, *_comment(name), "-m", proto, "-p", proto,
-                    "--dport", str(sp.node_port), "-j", ext_chain)
-        if not has_external:
-            out.add("filter", KUBE_EXTERNAL_SERVICES, *_comment(unusable_comment), "-m", "addrtype", "--dst-type",
-                    "LOCAL", "-m", proto, "-p", proto, "--dport", str(sp.node_port), "-j", unusable_target)
+                    *match, "-j", "DROP")
+        if fe.verdict:  # the cluster IP's in KUBE-SERVICES, the others' in KUBE-EXTERNAL-SERVICES
+            out.add("filter", KUBE_SERVICES if fe.kind == CLUSTER_IP else KUBE_EXTERNAL_SERVICES,
+                    *unusable_comment, *unusable_match, "-j", fe.verdict.upper())
     if sp.health_check_node_port:
         out.add("filter", KUBE_NODEPORTS, *_comment(f"{name} health check node port"), "-m", "tcp", "-p", "tcp",
                 "--dport", str(sp.health_check_node_port), "-j", "ACCEPT")
@@ -180,7 +159,7 @@ def render_service(sp: ServicePortView, ctx: Context) -> ServiceRules:
     # External traffic.
     if uses_ext_chain:
         chains.setdefault(ext_chain, [])
-        if not sp.external_policy_local:
+        if sp.external_route == TO_CLUSTER:  # masquerade all; a Local policy keeps the client address
             rule(ext_chain, *_comment(f"masquerade traffic for {name} external destinations"), "-j", KUBE_MARK_MASQ)
         else:
             if ctx.local is not None:
@@ -244,8 +223,10 @@ class Ruleset:
     filter_chains: list[str]
     nat_chains: list[str]  # the shared nat chains, in kube-proxy's order
     shared: dict[tuple[str, str], list[str]]  # (table, chain) -> lines for every shared chain
-    services: dict[str, ServiceRules]  # service port key -> its rules
+    services: Mapping[str, ServiceRules]  # service port key -> its rules
     jumps: list[Jump]
+    # how `services` differs from the renderer's previous ruleset's (None: compare them)
+    changes: RenderChanges | None = field(default=None, compare=False)
 
     def service_chains(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -321,13 +302,18 @@ class Renderer:
         self._memo: PortMemo[ServiceRules] = PortMemo()
 
     def render(self, view: NodeView, family: int) -> Ruleset:
-        services = dict(self.render_services(view, family))
-        return assemble(view, self.config, family, services, self.random_fully)
+        ctx = Context.of(view, self.config, family)
+        services = self._memo.rules(family, ctx, view, lambda sp: render_service(sp, ctx))
+        return assemble(view, self.config, family, services, self.random_fully, self._memo.changes)
 
     def render_services(self, view: NodeView, family: int) -> Iterator[tuple[str, ServiceRules]]:
         """Each service port's rules, one at a time (memoised); the memo is updated at the end."""
         ctx = Context.of(view, self.config, family)
-        return self._memo.reuse(family, ctx, view.family(family), lambda sp: render_service(sp, ctx))
+        return self._memo.reuse(family, ctx, view, lambda sp: render_service(sp, ctx))
+
+    def rendered(self, family: int) -> tuple[dict[str, ServiceRules], RenderChanges | None]:
+        """The rules of the last render_services iteration, and how they differ from the one before."""
+        return self._memo.output(family), self._memo.changes
 
     def lazy(self, view: NodeView, family: int) -> "LazyRuleset":
         return LazyRuleset(self, view, family)
@@ -360,14 +346,14 @@ class LazyRuleset:
         yield from head
         for chain in NAT_CHAINS:
             yield f":{chain} - [0:0]"
-        services: dict[str, ServiceRules] = {}
         for key, rules in self.renderer.render_services(self.view, self.family):
-            services[key] = rules
             for chain in rules.chains:
                 yield f":{chain} - [0:0]"
             for lines in rules.chains.values():
                 yield from lines
-        r = self.ruleset = assemble(self.view, self.renderer.config, self.family, services, self.renderer.random_fully)
+        services, changes = self.renderer.rendered(self.family)
+        r = self.ruleset = assemble(self.view, self.renderer.config, self.family, services, self.renderer.random_fully,
+                                    changes)
         for chain in r.nat_chains:
             yield from r.shared.get(("nat", chain), ())
         yield from tail(r)
@@ -397,8 +383,8 @@ def render(view: NodeView, config: ProxyConfig, family: int = 4, random_fully: b
     return Renderer(config, random_fully).render(view, family)
 
 
-def assemble(view: NodeView, config: ProxyConfig, family: int, services: dict[str, ServiceRules],
-             random_fully: bool = True) -> Ruleset:
+def assemble(view: NodeView, config: ProxyConfig, family: int, services: Mapping[str, ServiceRules],
+             random_fully: bool = True, changes: RenderChanges | None = None) -> Ruleset:
     mark = config.masquerade_mark
     filter_chains = [KUBE_NODEPORTS, KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD,
                      KUBE_PROXY_FIREWALL]
@@ -438,4 +424,4 @@ def assemble(view: NodeView, config: ProxyConfig, family: int, services: dict[st
     else:
         for ip in chosen:
             add("nat", KUBE_SERVICES, *nodeport_comment, "-d", str(ip), "-j", KUBE_NODEPORTS)
-    return Ruleset(family, filter_chains, nat_chains, shared, services, jump_chains(family, config))
+    return Ruleset(family, filter_chains, nat_chains, shared, services, jump_chains(family, config), changes)

@@ -20,11 +20,11 @@ Departures, so that IPVS mode behaves like the other backends (DESIGN.md's check
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 from ..backend import PortMemo
 from ..config import ProxyConfig
-from ..view import NodeView, ServicePortView, local_traffic, node_port_ips, source_ranges_admit_node
+from ..view import REJECT, NodeView, ServicePortView, local_traffic, node_port_ips, source_ranges_admit_node
 from ..xtables.rules import local_match
 
 DUMMY_DEVICE = "kube-ipvs0"
@@ -115,7 +115,7 @@ class PortIpvs:
 @dataclass
 class IpvsRuleset:
     family: int
-    ports: dict[str, PortIpvs]
+    ports: Mapping[str, PortIpvs]
     nat: list[str]  # iptables-restore lines for our chains (declarations and rules)
     filter: list[str]
     jumps: list[tuple[str, str, str]]  # (table, built-in chain, rule) prepended there
@@ -178,20 +178,20 @@ def render_port(sp: ServicePortView, config: ProxyConfig, view: NodeView, node_p
     internal = sp.local_endpoints if sp.internal_policy_local else sp.cluster_endpoints
     external = (sp.local_endpoints or sp.cluster_endpoints) if sp.external_policy_local else sp.cluster_endpoints
 
+    # the frontends' no-endpoint verdicts as IPVS mode's sets: rejected when the service has no
+    # endpoint anywhere, dropped when only the policy's local ones are missing (cluster IP: iTP)
     cip = str(sp.cluster_ip)
     out.add("KUBE-CLUSTER-IP", f"{cip},{proto}:{sp.port}")
     out.servers.append(server(cip, sp.port, internal))
     out.bind.add(cip)
-    if not sp.has_endpoints:
-        out.add("KUBE-NO-ENDPOINTS", f"{cip},{proto}:{sp.port}")
-    elif not sp.has_internal_endpoints:  # iTP=Local, endpoints elsewhere only: dropped, as iptables mode does
-        out.add("KUBE-NO-INTERNAL-ENDPOINTS", f"{cip},{proto}:{sp.port}")
+    if sp.internal_verdict:
+        out.add("KUBE-NO-ENDPOINTS" if sp.internal_verdict == REJECT else "KUBE-NO-INTERNAL-ENDPOINTS",
+                f"{cip},{proto}:{sp.port}")
 
     def external_frontend(ip: str, port: int) -> None:
-        if not sp.has_endpoints:
-            out.add("KUBE-NO-ENDPOINTS", f"{ip},{proto}:{port}")
-        elif sp.external_policy_local and not sp.local_endpoints:
-            out.add("KUBE-NO-LOCAL-ENDPOINTS", f"{ip},{proto}:{port}")
+        if sp.external_verdict:
+            out.add("KUBE-NO-ENDPOINTS" if sp.external_verdict == REJECT else "KUBE-NO-LOCAL-ENDPOINTS",
+                    f"{ip},{proto}:{port}")
 
     for ip in map(str, sp.external_ips):
         out.add("KUBE-EXTERNAL-IP-LOCAL" if sp.external_policy_local else "KUBE-EXTERNAL-IP", f"{ip},{proto}:{sp.port}")
@@ -367,8 +367,7 @@ class IpvsRenderer:
         context = (view.node_ips_of(family), view.pod_cidrs)
         chosen = node_port_ips(view, self.config, family)  # kube-proxy's nodePortAddresses, once per render
         addresses = [str(ip) for ip in (view.node_ips_of(family) if chosen is None else chosen)]
-        ports = dict(self._memo.reuse(family, context, view.family(family),
-                                      lambda sp: render_port(sp, self.config, view, addresses)))
+        ports = self._memo.rules(family, context, view, lambda sp: render_port(sp, self.config, view, addresses))
         ruleset = IpvsRuleset(family, ports, [], [], jumps())
         no_access = [x for p in ports.values() for x in p.no_node_access]
         ruleset.nat, ruleset.filter = iptables_rules(self.config, view, family, ruleset.sets(), no_access)

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import time
+from typing import Mapping
 
 from ..backend import SyncError, SyncResult
 from ..netlink.nftables import ElementBatch, ElementError, open_socket
@@ -32,7 +33,7 @@ class NftablesBackend:
         self.table = table
         self.fam = "ip" if family == 4 else "ip6"
         self.variant = "nftables"
-        self._services: dict[str, ServiceNft] | None = None
+        self._services: Mapping[str, ServiceNft] | None = None
         # (map or set, key) -> [value, how many service ports hold it]: a cluster IP is shared by
         # a service's ports and a hairpin pair by every service selecting that pod.
         self._refs: dict[tuple[str, str], list] = {}
@@ -69,7 +70,7 @@ class NftablesBackend:
             self._refs = {}
             for svc in ruleset.services.values():
                 self._count(svc, +1)
-        self._services = dict(ruleset.services)
+        self._services = ruleset.services  # a renderer never changes a ruleset it handed out
         self._maps = set(ruleset.maps) if full else self._maps | set(ruleset.maps)
         self.last_ruleset = ruleset
         return SyncResult(full, time.monotonic() - start, written, deleted, len(script))
@@ -96,8 +97,12 @@ class NftablesBackend:
         assert self._services is not None
         fam, table = self.fam, self.table
         old = self._services
-        changed = [k for k, s in ruleset.services.items() if old.get(k) is not s]
-        removed = [k for k in old if k not in ruleset.services]
+        if ruleset.changes is not None and ruleset.changes.base is old:  # the renderer says what it changed
+            changed = sorted(ruleset.changes.changed)
+            removed = sorted(ruleset.changes.removed)
+        else:
+            changed = [k for k, s in ruleset.services.items() if old.get(k) is not s]
+            removed = [k for k in old if k not in ruleset.services]
         new_chains: dict[str, list[str]] = {}
         new_sets: dict[str, str] = {}
         kept: set[str] = set()

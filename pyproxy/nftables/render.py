@@ -28,13 +28,14 @@ endpoint is a changed map element, not a new chain.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping
 
-from ..backend import PortMemo
+from ..backend import PortMemo, RenderChanges
 from ..chainhash import port_proto_hash
 from ..config import ProxyConfig
 from ..rendertext import object_text
-from ..view import (LocalTraffic, NodeView, ServicePortView, local_traffic, node_port_ips,
-                    source_ranges_admit_node)
+from ..view import (DROP, EXTERNAL, FIREWALL, NODE_PORT, REJECT, TO_CLUSTER, TO_LOCAL, LocalTraffic, NodeView,
+                    ServicePortView, local_traffic, node_port_ips, source_ranges_admit_node)
 
 TABLE = "kube-proxy"
 
@@ -56,8 +57,10 @@ class NftRuleset:
     family: int
     table: str
     static: str  # the table's fixed part: sets, maps, base and helper chains
-    services: dict[str, ServiceNft]
+    services: Mapping[str, ServiceNft]
     maps: dict[str, str]  # endpoint map shards: name -> definition body
+    # how `services` differs from the renderer's previous ruleset's (None: compare them)
+    changes: RenderChanges | None = field(default=None, compare=False)
 
     @property
     def nft_family(self) -> str:
@@ -170,6 +173,7 @@ class Blocks:
         self.proto = proto
         self.owned: dict[str, tuple[int, int, int]] = {}  # owner -> (shard, base, capacity)
         self.shards: list[dict] = []  # each: owners (count), end (next free key), free [(base, cap)]
+        self._maps: tuple[tuple[int, int], dict[str, str]] | None = None
 
     def map_name(self, shard: int) -> str:
         return f"endpoints-{self.proto}-{shard}"
@@ -209,10 +213,13 @@ class Blocks:
             shard["free"].append((held[1], held[2]))
 
     def maps(self, family: int) -> dict[str, str]:
-        ip = "ip" if family == 4 else "ip6"
-        # a map per transport protocol: nft checks a rule's `meta l4proto` against the map's key
-        body = f"typeof numgen random mod 1 : {ip} daddr . {self.proto} dport;"
-        return {self.map_name(i): body for i in range(len(self.shards))}
+        """The shards' map definitions (the same object while no shard is added: every render asks)."""
+        if self._maps is None or self._maps[0] != (family, len(self.shards)):
+            ip = "ip" if family == 4 else "ip6"
+            # a map per transport protocol: nft checks a rule's `meta l4proto` against the map's key
+            body = f"typeof numgen random mod 1 : {ip} daddr . {self.proto} dport;"
+            self._maps = ((family, len(self.shards)), {self.map_name(i): body for i in range(len(self.shards))})
+        return self._maps[1]
 
 
 def render_service(sp: ServicePortView, config: ProxyConfig, view: NodeView, blocks: Blocks) -> ServiceNft:
@@ -227,35 +234,25 @@ def render_service(sp: ServicePortView, config: ProxyConfig, view: NodeView, blo
     cip = str(sp.cluster_ip)
     port = sp.port
     uses_cluster_chain, uses_local_chain = sp.uses_cluster_chain, sp.uses_local_chain
-    internal_chain = local_chain if sp.internal_policy_local else svc_chain
-    external_policy_chain = local_chain if sp.external_policy_local else svc_chain
+    route_chain = {TO_CLUSTER: svc_chain, TO_LOCAL: local_chain, EXTERNAL: ext_chain, FIREWALL: ext_chain}
+    internal_chain, external_policy_chain = route_chain[sp.internal_route], route_chain[sp.external_route]
     has_internal, has_external = sp.has_internal_endpoints, sp.has_external_endpoints
     uses_ext_chain, uses_fw_chain = sp.uses_external_chain, sp.uses_firewall
-    verdict = "goto reject-chain" if sp.no_endpoint_verdict == "reject" else "drop"
+    verdicts = {REJECT: "goto reject-chain", DROP: "drop"}
     local = local_traffic(config, view, fam)
 
     out.element("cluster-ips", cip)
-    if has_internal:
-        out.element("service-ips", f"{cip} . {proto} . {port}", f"goto {internal_chain}")
-    else:
-        out.element("no-endpoint-services", f"{cip} . {proto} . {port}", verdict)
-    for extip in map(str, sp.external_ips):
-        if sp.has_endpoints:
-            out.element("service-ips", f"{extip} . {proto} . {port}", f"goto {ext_chain}")
-        if not has_external:
-            out.element("no-endpoint-services", f"{extip} . {proto} . {port}", verdict)
-    for lbip in map(str, sp.load_balancer_ips):
-        if sp.has_endpoints:
-            out.element("service-ips", f"{lbip} . {proto} . {port}", f"goto {ext_chain}")
-        if uses_fw_chain:
-            out.element("firewall-ips", f"{lbip} . {proto} . {port}", f"goto {fw_chain}")
-        if not has_external:
-            out.element("no-endpoint-services", f"{lbip} . {proto} . {port}", verdict)
-    if sp.node_port:
-        if sp.has_endpoints:
-            out.element("service-nodeports", f"{proto} . {sp.node_port}", f"goto {ext_chain}")
-        if not has_external:
-            out.element("no-endpoint-nodeports", f"{proto} . {sp.node_port}", verdict)
+    for fe in sp.frontends:
+        if fe.kind == NODE_PORT:
+            key, routes, unusable = f"{proto} . {fe.port}", "service-nodeports", "no-endpoint-nodeports"
+        else:
+            key, routes, unusable = f"{fe.address} . {proto} . {fe.port}", "service-ips", "no-endpoint-services"
+        if fe.route:
+            out.element(routes, key, f"goto {route_chain[fe.route]}")
+        if fe.route == FIREWALL:  # the firewall map is looked up first, in its own chain
+            out.element("firewall-ips", key, f"goto {fw_chain}")
+        if fe.verdict:
+            out.element(unusable, key, verdicts[fe.verdict])
 
     chains = out.chains
     masq_internal = []
@@ -267,7 +264,7 @@ def render_service(sp: ServicePortView, config: ProxyConfig, view: NodeView, blo
             masq_internal = [f"{match} {_nft_match(local, ip, negate=True)} jump mark-for-masquerade"]
     if uses_ext_chain:
         rules = chains.setdefault(ext_chain, [])
-        if not sp.external_policy_local:
+        if sp.external_route == TO_CLUSTER:  # masquerade all; a Local policy keeps the client address
             rules += ["jump mark-for-masquerade", f"goto {svc_chain}"]
         else:
             if local is not None:
@@ -339,16 +336,17 @@ class NftRenderer:
 
     def render(self, view: NodeView, family: int) -> NftRuleset:
         context = (view.node_ips_of(family), view.pod_cidrs)
-        services = dict(self._memo.reuse(
-            family, context, view.family(family),
-            lambda sp: render_service(sp, self.config, view, self._blocks(family, sp.protocol.lower()))))
+        services = self._memo.rules(
+            family, context, view,
+            lambda sp: render_service(sp, self.config, view, self._blocks(family, sp.protocol.lower())))
         for key in self._memo.dropped:
             for blocks in (b for (fam, _), b in self.blocks.items() if fam == family):
                 for kind in ("servi", "local"):
                     blocks.release(f"{key}/{kind}")
         maps = {name: body for (fam, _), b in sorted(self.blocks.items()) if fam == family
                 for name, body in b.maps(family).items()}
-        return NftRuleset(family, self.table, static_part(self.config, view, family), services, maps)
+        return NftRuleset(family, self.table, static_part(self.config, view, family), services, maps,
+                          self._memo.changes)
 
 
 def render(view: NodeView, config: ProxyConfig, family: int = 4) -> NftRuleset:

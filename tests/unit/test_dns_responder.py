@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyproxy.dns.server import Responder, render_wire
-from pyproxy.dns.zone import Layered, ZoneBuilder, build_zone
+from pyproxy.dns.zone import ZoneBuilder, build_zone
+from pyproxy.layered import Layered
 from pyproxy.model import parse_objects
-from tests.factories import endpoint, endpoint_slice, service
+from tests.factories import endpoint, endpoint_slice, replace_service, service
 
 # the objects of both files: one port http/TCP (80 -> 8080)
 SERVICE = {"ports": (("http", 80, "TCP"),)}
@@ -163,15 +164,7 @@ def _update_step_by_step(steps, told) -> None:
     cluster = parse_objects([])
     names = set()
     for name, state in steps:
-        fresh = parse_objects(_objects(name, state))
-        changes: dict[str, set[str]] = {}
-        for table, kind in (("services", "Service"), ("slices", "EndpointSlice")):
-            current = getattr(cluster, table)
-            for key in [k for k in current if k.split("/")[1].split("-")[0] == name]:
-                del current[key]
-                changes.setdefault(kind, set()).add(key)
-            current.update(getattr(fresh, table))
-            changes.setdefault(kind, set()).update(getattr(fresh, table))
+        changes = replace_service(cluster, name, _objects(name, state))
         zone = builder.update(cluster, changes if told else None)
         names |= {f"{n}.ns.svc.cluster.local" for n in ("s0", "s1", "s2", "s3")}
         names |= {f"{h}.{n}.ns.svc.cluster.local" for n in ("s0", "s1", "s2", "s3") for h in ("a", "b", "10-244-0-1")}

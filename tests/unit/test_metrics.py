@@ -29,18 +29,25 @@ def test_pending_counts_changed_objects_until_a_sync_takes_them():
 
 def test_each_follower_takes_its_own_changes_and_leaves_the_sync_loops_pending_alone():
     store = Store()
-    dns, other = store.follow_changes(), store.follow_changes()
+    dns, other = store.follow(), store.follow()
     with store.lock:
         store.set("Service", "default/web", parse_object(service("web", "10.96.0.10")))
         store.set("EndpointSlice", "default/web-1", parse_object(endpoint_slice("web", ["10.244.1.5"])))
         store.set("Service", "default/web", parse_object(service("web", "10.96.0.10")))  # the same: no change
-    cluster, _, changed = store.take_changes(dns)
+    cluster, _, changed = dns.take()
     assert changed == {"Service": {"default/web"}, "EndpointSlice": {"default/web-1"}} and "default/web" in cluster.services
     with store.lock:
         store.set("Service", "default/web", None)
-    assert store.take_changes(dns)[2] == {"Service": {"default/web"}}, "only what changed since it last took"
-    assert store.take_changes(other)[2] == {"Service": {"default/web"}, "EndpointSlice": {"default/web-1"}}
-    assert store.pending_counts() == (1, 1), "the sync loop's pending counts are its own"
+        store.set("Service", "default/api", parse_object(service("api", "10.96.0.11")))
+    cluster, _, changed = dns.take()
+    assert changed == {"Service": {"default/web", "default/api"}}, "only what changed since it last took"
+    assert set(cluster.services) == {"default/api"} and set(cluster.slices) == {"default/web-1"}, \
+        "its own copy, brought up to date with what changed"
+    assert cluster == store.snapshot()[0]
+    cluster, _, changed = other.take()
+    assert changed == {"Service": {"default/web", "default/api"}, "EndpointSlice": {"default/web-1"}}
+    assert cluster == store.snapshot()[0] and cluster is not dns.cluster
+    assert store.pending_counts() == (2, 1), "the sync loop's pending counts are its own"
 
 
 def test_trigger_times_before_the_start_are_ignored():

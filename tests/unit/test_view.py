@@ -372,3 +372,43 @@ def test_local_traffic(raw, pod_cidrs, family, expected):
 def test_no_endpoint_verdict(objs, verdict):
     (sp,) = build_view(cluster(NODE_A, *objs), "node-a").ports
     assert sp.no_endpoint_verdict == verdict
+
+
+CIP, EXT_IP, LB_IP = "10.96.0.10", "203.0.113.7", "192.0.2.10"
+RANGES = {"load_balancer_source_ranges": ("198.51.100.0/24",)}
+
+
+@pytest.mark.parametrize("objs, expected", [
+    pytest.param([svc(), eps(A, B)], [("cluster IP", CIP, 80, "cluster endpoints", "")],
+                 id="a ClusterIP service: its cluster IP to the cluster endpoints"),
+    pytest.param([svc()], [("cluster IP", CIP, 80, "", "reject")],
+                 id="no endpoint anywhere: the cluster IP rejects"),
+    pytest.param([svc(internal_traffic_policy="Local"), eps(A, B)], [("cluster IP", CIP, 80, "local endpoints", "")],
+                 id="iTP=Local: the cluster IP to this node's endpoints"),
+    pytest.param([svc(internal_traffic_policy="Local"), eps(B)], [("cluster IP", CIP, 80, "", "drop")],
+                 id="iTP=Local with endpoints only elsewhere: the cluster IP drops"),
+    pytest.param([svc(external_ips=(EXT_IP,), **NP), eps(A, B)],
+                 [("cluster IP", CIP, 80, "cluster endpoints", ""), ("external IP", EXT_IP, 80, "external path", ""),
+                  ("node port", None, 30080, "external path", "")],
+                 id="external IPs and the node port take the external path, after the cluster IP"),
+    pytest.param([svc(external_traffic_policy="Local", external_ips=(EXT_IP,), **NP), eps(B)],
+                 [("cluster IP", CIP, 80, "cluster endpoints", ""), ("external IP", EXT_IP, 80, "external path", "drop"),
+                  ("node port", None, 30080, "external path", "drop")],
+                 id="eTP=Local without local endpoints: external traffic dropped, pods still short-circuit"),
+    pytest.param([svc(**LB), eps(A)],
+                 [("cluster IP", CIP, 80, "cluster endpoints", ""), ("load-balancer IP", LB_IP, 80, "external path", ""),
+                  ("node port", None, 30080, "external path", "")],
+                 id="a LoadBalancer's IP takes the external path"),
+    pytest.param([svc(**LB, **RANGES), eps(A)],
+                 [("cluster IP", CIP, 80, "cluster endpoints", ""), ("load-balancer IP", LB_IP, 80, "firewall", ""),
+                  ("node port", None, 30080, "external path", "")],
+                 id="loadBalancerSourceRanges: the load-balancer IP goes through the firewall first"),
+    pytest.param([svc(**LB, **RANGES)],
+                 [("cluster IP", CIP, 80, "", "reject"), ("load-balancer IP", LB_IP, 80, "", "reject"),
+                  ("node port", None, 30080, "", "reject")],
+                 id="no endpoints: every frontend rejects, no firewall"),
+])
+def test_frontends(objs, expected):
+    (sp,) = build_view(cluster(NODE_A, *objs), "node-a").ports
+    assert [(fe.kind, str(fe.address) if fe.address else None, fe.port, fe.route, fe.verdict)
+            for fe in sp.frontends] == expected
