@@ -1,6 +1,6 @@
 """nftables backend benchmark, beside iptables and an upstream-shaped nftables ruleset, same run.
 
-    .venv/bin/python bench/nftables_sync.py [--sizes 1000,10000,30000] [--upstream-max 10000]
+    .venv/bin/python bench/nftables_sync.py [--sizes 1000,10000,30000] [--upstream-max 10000] [--iptables-max 30000]
                                             [--datapath 10000] [--plot docs/datapath.png]
 
 Per size (N services of 10 endpoints, a NodePort on every tenth), each in namespaces made here:
@@ -163,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000,30000")
     parser.add_argument("--upstream-max", type=int, default=10000)
+    parser.add_argument("--iptables-max", type=int, default=30000, help="iptables-legacy only up to this size")
     parser.add_argument("--datapath", type=int, default=10000)
     parser.add_argument("--plot", default="")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
@@ -175,7 +176,7 @@ def main() -> None:
     sizes = [int(x) for x in args.sizes.split(",") if x]
     for n in sizes:
         for mode in ("nftables", "iptables", "upstream"):
-            if mode == "upstream" and n > args.upstream_max:
+            if (mode == "upstream" and n > args.upstream_max) or (mode == "iptables" and n > args.iptables_max):
                 continue
             proc = subprocess.run([sys.executable, __file__, "--one", mode, str(n)], capture_output=True, text=True)
             if proc.returncode:

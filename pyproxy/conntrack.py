@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Iterable
 
+from .model.types import IPAddress
 from .netlink.conntrack import Conntrack, ConntrackError
-
-from .view import NodeView, PortFollower
+from .view import NodeView, PortFollower, ServicePortView
 
 @dataclass(frozen=True)
 class Flow:
@@ -41,21 +42,25 @@ class StaleRule:
     """stale_flows's decision for one flow on packed addresses: ConntrackCleaner hands it to the
     netlink dump, so only stale flows ever become Python objects."""
 
-    def __init__(self, view: NodeView, family: int) -> None:
+    def __init__(self, udp_ports: Iterable[ServicePortView], node_ips: Iterable[IPAddress]) -> None:
+        """`udp_ports`: the UDP service ports of one family (a partial sync's cleaner hands those it
+        follows, so building this walks no other port)."""
         import ipaddress
 
         packed = lambda ip: ipaddress.ip_address(ip).packed  # noqa: E731
         self.frontends: dict[tuple[bytes, int], set[tuple[bytes, int]]] = {}
         self.node_ports: dict[int, set[tuple[bytes, int]]] = {}
-        for sp in view.family(family):
-            if sp.protocol != "UDP":
-                continue
+        for sp in udp_ports:
             targets = {(ep.ip.packed, ep.port) for ep in sp.reachable_endpoints} if sp.has_endpoints else set()
             for ip in (sp.cluster_ip, *sp.external_ips, *sp.load_balancer_ips):
                 self.frontends[(packed(ip), sp.port)] = targets
             if sp.node_port:
                 self.node_ports[sp.node_port] = targets
-        self.node_ips = {packed(ip) for ip in view.node_ips_of(family)}
+        self.node_ips = {packed(ip) for ip in node_ips}
+
+    @classmethod
+    def of(cls, view: NodeView, family: int) -> "StaleRule":
+        return cls((sp for sp in view.family(family) if sp.protocol == "UDP"), view.node_ips_of(family))
 
     def __call__(self, orig_src: bytes, orig_dst: bytes, orig_sport: int, orig_dport: int, reply_src: bytes,
                  reply_sport: int) -> bool:
@@ -100,7 +105,7 @@ def stale_flows(view: NodeView, flows: list[Flow], family: int) -> list[Flow]:
     """The UDP flows to a service frontend whose destination is no longer right."""
     import ipaddress
 
-    rule = StaleRule(view, family)
+    rule = StaleRule.of(view, family)
     packed = lambda ip: ipaddress.ip_address(ip).packed  # noqa: E731
     return [f for f in flows if rule(packed(f.orig_src), packed(f.orig_dst), f.orig_sport, f.orig_dport,
                                      packed(f.reply_src), f.reply_sport)]
@@ -144,7 +149,7 @@ class ConntrackCleaner:
             return 0
         try:
             ct = self._conntrack()
-            rule = StaleRule(view, self.family)
+            rule = StaleRule(self._udp.ports.values(), view.node_ips_of(self.family))
             if suspects is None:
                 stale = ct.flows(self.family, "udp", rule)
             else:

@@ -18,7 +18,7 @@ import time
 from typing import Protocol
 
 from .config import ProxyConfig
-from .health import FAMILY_NAMES, ProxyHealth, ServiceHealthServers, health_server
+from .health import FAMILY_NAMES, ProxyHealth, ServiceHealthServers, health_check_ports, health_server
 from .metrics import Metrics
 from .backend import SyncError
 from .proxier import Proxier, SyncReport
@@ -339,12 +339,7 @@ class Daemon:
                         self.latencies.append(latency)
         if changes is None:
             self._triggers = {k: t for k, t in self._triggers.items() if k in cluster.slices}
-        wanted = {}
-        for p in self._local_policy.ports.values():
-            if p.health_check_node_port and p.external_policy_local:
-                count = sum(1 for ep in p.local_endpoints if ep.ready)
-                wanted[p.health_check_node_port] = (p.namespace, p.name, count)
-        self.service_health.sync(wanted, self._health_check_hosts(view))
+        self.service_health.sync(health_check_ports(self._local_policy.ports.values()), self._health_check_hosts(view))
         self.syncs += 1
 
 

@@ -18,7 +18,10 @@ import threading
 import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
+
+if TYPE_CHECKING:
+    from .view import ServicePortView
 
 log = logging.getLogger("pyproxy.health")
 
@@ -133,6 +136,18 @@ def health_server(address: str, health: ProxyHealth, count: Callable[[str, int],
         return code, body, {}
 
     return serve(address, _json_handler(route))
+
+
+def health_check_ports(ports: Iterable[ServicePortView]) -> dict[int, tuple[str, str, int]]:
+    """What the healthCheckNodePort servers answer: port -> (namespace, name, ready local
+    endpoints), for the ports with externalTrafficPolicy Local. In the view's order (a service's
+    ports by key) whatever order they come in: a service with two ports or families has one
+    count, its last port's, as kube-proxy's last writer."""
+    wanted = {}
+    for p in sorted(ports, key=lambda p: (p.service_key, p.key)):
+        if p.health_check_node_port and p.external_policy_local:
+            wanted[p.health_check_node_port] = (p.namespace, p.name, sum(1 for ep in p.local_endpoints if ep.ready))
+    return wanted
 
 
 class ServiceHealthServers:

@@ -18,8 +18,9 @@ class Layered(Mapping):
     Changes go into `top` (copied per version, so kept small), top into `mid` now and then, and
     mid into a new base only once in very many changes (the one copy of the whole map).
 
-    Iteration follows the base's order, each key with its latest value, then the keys added since
-    (in the order they came): a version that only replaced values iterates as its base did."""
+    Iteration follows the base's order, each key with its latest value (a base key removed and
+    added again included), then the keys the base does not hold: a version that only replaced or
+    removed values iterates as its base did, which is what the rendered rules rely on."""
 
     __slots__ = ("base", "mid", "top")
     TOP = 4096

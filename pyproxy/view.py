@@ -94,7 +94,6 @@ class ServicePortView:
     local_endpoints: tuple[EndpointView, ...] = ()  # for "Local" traffic policy
     reachable_endpoints: tuple[EndpointView, ...] = ()  # every endpoint a rule may DNAT to
     has_endpoints: bool = False  # usable endpoints exist anywhere in the cluster
-    trigger_time: str = field(default="", compare=False)
     # computed once: every sync looks up every port by key, and a property would rebuild it each time
     name_string: str = field(init=False, compare=False, repr=False)
     key: str = field(init=False, compare=False, repr=False)
@@ -344,7 +343,6 @@ def service_port_views(svc: Service, slices: Iterable[EndpointSlice], node: Node
                        node_name: str) -> list[ServicePortView]:
     """Every (port, IP family) of one service, with its endpoints categorised for this node."""
     slices = list(slices)
-    trigger = max((s.trigger_time for s in slices), default="")
     external_local = svc.external_traffic_policy == "Local"
     internal_local = svc.internal_traffic_policy == "Local"
     out = []
@@ -368,7 +366,7 @@ def service_port_views(svc: Service, slices: Iterable[EndpointSlice], node: Node
                 external_policy_local=external_local, internal_policy_local=internal_local,
                 affinity_timeout=svc.session_affinity_timeout,
                 cluster_endpoints=cluster, local_endpoints=local, reachable_endpoints=reachable,
-                has_endpoints=has_any, trigger_time=trigger,
+                has_endpoints=has_any,
             ))
     return out
 

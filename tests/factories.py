@@ -1,6 +1,7 @@
 """Raw Kubernetes API objects (the dicts parse_objects and the stand-in API server take), for tests.
 
-A port is a number (unnamed) or a tuple (name, number[, protocol]); a key left unset is not
+A port is a number (unnamed), a tuple (name, number[, protocol]) or a ports[] entry as a dict
+(targetPort and all); a key left unset is not
 written (the parser defaults it as the API server would). apiVersion is written only when asked."""
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from typing import Any
 SERVICE_NAME = "kubernetes.io/service-name"
 
 
-def _port(p: int | tuple, node_port: int = 0) -> dict[str, Any]:
-    """One ports[] entry from a number or (name, number[, protocol])."""
+def _port(p: int | tuple | dict, node_port: int = 0) -> dict[str, Any]:
+    """One ports[] entry from a number, (name, number[, protocol]) or the entry itself (a dict)."""
+    if isinstance(p, dict):
+        return dict(p)
     name, number, protocol = (None, p, None) if isinstance(p, int) else (*p, None)[:3]
     return {**({"name": name} if name is not None else {}), "port": number,
             **({"protocol": protocol} if protocol else {}), **({"nodePort": node_port} if node_port else {})}

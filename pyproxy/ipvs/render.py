@@ -364,9 +364,9 @@ class IpvsRenderer:
         self._memo: PortMemo[PortIpvs] = PortMemo()
 
     def render(self, view: NodeView, family: int) -> IpvsRuleset:
-        context = (view.node_ips_of(family), view.pod_cidrs)
         chosen = node_port_ips(view, self.config, family)  # kube-proxy's nodePortAddresses, once per render
         addresses = [str(ip) for ip in (view.node_ips_of(family) if chosen is None else chosen)]
+        context = (view.node_ips_of(family), view.pod_cidrs, tuple(addresses))  # a port's servers use all three
         ports = self._memo.rules(family, context, view, lambda sp: render_port(sp, self.config, view, addresses))
         ruleset = IpvsRuleset(family, ports, [], [], jumps())
         no_access = [x for p in ports.values() for x in p.no_node_access]

@@ -6,11 +6,12 @@ import os
 import time
 from typing import Any
 
+from tests import factories
+
 
 def service(name: str, selector: str, cluster_ip: str, ports: list[dict] | None = None, **spec: Any) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": name},
-            "spec": {"clusterIP": cluster_ip, "selector": {"app": selector},
-                     "ports": ports or [{"port": 80, "targetPort": 80}], **spec}}
+    return factories.service(name, cluster_ip, ports or [{"port": 80, "targetPort": 80}], namespace="default",
+                             api_version=True, selector={"app": selector}, **spec)
 
 
 def set_lb_ingress(api, name: str, ip: str, namespace: str = "default") -> None:

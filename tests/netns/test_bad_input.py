@@ -20,6 +20,7 @@ from pyproxy.lab.spec import parse_spec
 from pyproxy.model.parse import parse_objects
 from pyproxy.model.types import Endpoint, EndpointPort, EndpointSlice, Service, ServicePort
 from pyproxy.view import build_view
+from tests.factories import service
 
 from .test_cli import PYPROXY, SPEC, _svc, _wait_for, cli, save
 
@@ -27,8 +28,7 @@ EVIL = 'evil"\n-A INPUT -s 203.0.113.99/32 -j ACCEPT\n#'
 
 
 def _service(name: str, ip: str, port_name: str = "") -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-            "spec": {"clusterIP": ip, "ports": [{"name": port_name, "port": 80}] if port_name else [{"port": 80}]}}
+    return service(name, ip, ((port_name, 80) if port_name else 80,), namespace="default", api_version=True)
 
 
 @pytest.mark.parametrize("variant", ["legacy", "nft"])

@@ -14,6 +14,7 @@ import yaml
 from pyproxy.lab import Lab
 from pyproxy.lab.cluster import cluster_objects
 from pyproxy.lab.spec import parse_spec
+from tests.factories import service
 
 PYPROXY = os.path.join(os.path.dirname(sys.executable), "pyproxy")
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "unit", "golden", "kube_proxy_overall.yaml")
@@ -90,8 +91,7 @@ SPEC = {"name": "t-run", "nodes": [{"name": "n1", "podCIDR": "10.244.1.0/24"}],
 
 
 def _svc(selector: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"clusterIP": "10.96.0.10", "selector": {"app": selector}, "ports": [{"port": 80}]}}
+    return service("web", "10.96.0.10", (80,), namespace="default", api_version=True, selector={"app": selector})
 
 
 def _wait_for(lab: Lab, pod: str, deadline: float = 5.0) -> float:

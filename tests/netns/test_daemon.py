@@ -19,6 +19,7 @@ from pyproxy import netns
 from pyproxy.lab import Lab
 from pyproxy.lab.cluster import endpoint_slice, node_objects
 from pyproxy.lab.spec import parse_spec
+from tests import factories
 from tests.apiserver import FakeApiServer
 
 PYPROXY = os.path.join(os.path.dirname(sys.executable), "pyproxy")
@@ -76,9 +77,8 @@ def env(tmp_path_factory):
     lab.down()
 
 
-def service(name: str, ip: str, **spec) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": name},
-            "spec": {"clusterIP": ip, "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 80}], **spec}}
+def service(name: str, ip: str, ports=({"port": 80, "targetPort": 80},), **spec) -> dict:
+    return factories.service(name, ip, ports, namespace="default", api_version=True, **{"selector": {"app": "web"}, **spec})
 
 
 def slice_for(lab: Lab, svc: dict, pods: list[str]) -> dict:

@@ -17,6 +17,7 @@ from pyproxy.lab import Lab
 from pyproxy.lab.dataplane import LabDataplane
 from pyproxy.lab.spec import parse_spec
 from pyproxy.nftables.apply import NftError
+from tests.factories import service
 
 PYPROXY = os.path.join(os.path.dirname(sys.executable), "pyproxy")
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "unit", "golden", "kube_proxy_overall.yaml")
@@ -91,11 +92,9 @@ def _slice(name, family, addresses, port=8080):
             "endpoints": [{"addresses": [a]} for a in addresses], "ports": [{"name": "p", "port": port}]}
 
 
-def _service(name, cluster_ips, **spec):
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "ns", "name": name},
-            "spec": {"clusterIP": cluster_ips[0], "clusterIPs": cluster_ips, "ipFamilies":
-                     ["IPv4" if ":" not in ip else "IPv6" for ip in cluster_ips],
-                     "ports": [{"name": "p", "port": 80, "protocol": spec.pop("protocol", "TCP")}], **spec}}
+def _service(name, cluster_ips, protocol="TCP", **spec):
+    return service(name, cluster_ips[0], (("p", 80, protocol),), api_version=True, clusterIPs=cluster_ips,
+                   ipFamilies=["IPv4" if ":" not in ip else "IPv6" for ip in cluster_ips], **spec)
 
 
 def test_element_only_changes_sent_over_netlink_match_a_full_load(namespaces):

@@ -24,6 +24,7 @@ from pyproxy.lab.dataplane import LabDataplane
 from pyproxy.lab.lab import list_netns
 from pyproxy.lab.spec import parse_spec
 from pyproxy.nftables.apply import NftError
+from tests import factories
 
 SPEC = {
     "name": "t-svc",
@@ -70,8 +71,8 @@ def service(name, selector, ports=((80, 80),), cluster_ip="10.96.0.10", **spec):
         if len(p) > 3 and p[3]:
             entry["nodePort"] = p[3]
         out_ports.append(entry)
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": name},
-            "spec": {"clusterIP": cluster_ip, "selector": {"app": selector}, "ports": out_ports, **spec}}
+    return factories.service(name, cluster_ip, out_ports, namespace="default", api_version=True,
+                             selector={"app": selector}, **spec)
 
 
 def answers(lab, src, ip, port, proto="tcp", n=10):

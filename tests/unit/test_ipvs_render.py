@@ -99,3 +99,20 @@ def test_node_ports_only_on_the_node_port_addresses():
     assert frontends == {"10.96.0.1:80", "192.0.2.1:30080"}
     every = render(build_view(parse_objects(objects), "n1"), parse_config({"mode": "ipvs"}), 4)
     assert {vs.address() for vs in every.servers().values()} == {"10.96.0.1:80", "172.18.0.11:30080", "192.0.2.1:30080"}
+
+
+def test_an_address_that_comes_within_node_port_addresses_gets_the_node_ports_of_unchanged_services():
+    """The memo's context holds the node-port addresses: a port whose view is unchanged is rendered
+    again when an interface address joins nodePortAddresses."""
+    from pyproxy.ipvs.render import IpvsRenderer
+    from pyproxy.view import ViewBuilder
+
+    config = parse_config({"mode": "ipvs", "nodePortAddresses": ["172.18.0.0/16"]})
+    renderer, views = IpvsRenderer(config), ViewBuilder("n1")
+    cluster = parse_objects([node("n1", "172.18.0.11"), service("a", "10.96.0.1", node_port=30080, type="NodePort"),
+                             endpoint_slice("a", [("10.244.1.2", "n1")])])
+    ip = ipaddress.ip_address
+    first = renderer.render(views.build(cluster, interface_ips=(ip("172.18.0.11"),)), 4)
+    second = renderer.render(views.build(cluster, interface_ips=(ip("172.18.0.11"), ip("172.18.0.99"))), 4)
+    assert "172.18.0.99:30080" not in {vs.address() for vs in first.servers().values()}
+    assert "172.18.0.99:30080" in {vs.address() for vs in second.servers().values()}

@@ -12,36 +12,46 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyproxy.config import ProxyConfig
-from pyproxy.conntrack import ConntrackCleaner
+from pyproxy.conntrack import ConntrackCleaner, StaleRule
+from pyproxy.health import health_check_ports
 from pyproxy.iptables.render import Renderer, render as iptables_render
 from pyproxy.ipvs.render import IpvsRenderer, render as ipvs_render
 from pyproxy.model import parse_objects
 from pyproxy.nftables.render import NftRenderer
-from pyproxy.view import ViewBuilder, build_view
+from pyproxy.view import PortFollower, ViewBuilder, build_view
 from tests.factories import endpoint, endpoint_slice, node, replace_service, service
 
 NAMES = ["s0", "s1", "s2", "s3"]
 NODE = node("node-a", "172.18.0.11")
 
-# None: the service is gone; else (protocol, NodePort?, Local policy?, endpoints as (number, on node-a?, ready?))
+# None: the service is gone; else (protocol, NodePort?, Local policy?, dual-stack?, endpoints as
+# (number, on node-a?, ready?, in the IPv6 slice too?))
 _SERVICE_STATE = st.one_of(
     st.none(),
-    st.tuples(st.sampled_from(["TCP", "UDP"]), st.booleans(), st.booleans(),
-              st.lists(st.tuples(st.integers(1, 5), st.booleans(), st.booleans()), max_size=3,
+    st.tuples(st.sampled_from(["TCP", "UDP"]), st.booleans(), st.booleans(), st.booleans(),
+              st.lists(st.tuples(st.integers(1, 5), st.booleans(), st.booleans(), st.booleans()), max_size=3,
                        unique_by=lambda e: e[0])))
 
 
 def _objects(name: str, state) -> list[dict]:
     if state is None:
         return []
-    protocol, node_port, local, eps = state
+    protocol, node_port, local, dual, eps = state
     number = NAMES.index(name)
-    spec = {"type": "NodePort", "externalTrafficPolicy": "Local"} if node_port and local else \
-        {"type": "NodePort"} if node_port else {}
-    return [service(name, f"10.96.0.{10 + number}", ports=(("p", 80, protocol),),
-                    node_port=30000 + number if node_port else 0, **spec),
-            endpoint_slice(name, [endpoint(f"10.244.{number}.{ip}", "node-a" if here else "node-b", ready=ready)
-                                  for ip, here, ready in eps], ports=(("p", 8080, protocol),))]
+    spec = {"type": "NodePort", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000 + number} \
+        if node_port and local else {"type": "NodePort"} if node_port else {}
+    if dual:
+        spec |= {"clusterIPs": [f"10.96.0.{10 + number}", f"fd00:96::{10 + number}"], "ipFamilies": ["IPv4", "IPv6"]}
+    objects = [service(name, f"10.96.0.{10 + number}", ports=(("p", 80, protocol),),
+                       node_port=30000 + number if node_port else 0, **spec),
+               endpoint_slice(name, [endpoint(f"10.244.{number}.{ip}", "node-a" if here else "node-b", ready=ready)
+                                     for ip, here, ready, _ in eps], ports=(("p", 8080, protocol),))]
+    if dual:
+        objects.append(endpoint_slice(name, [endpoint(f"fd00:244:{number}::{ip}", "node-a" if here else "node-b",
+                                                      ready=not ready)  # the other family's readiness differs
+                                             for ip, here, ready, six in eps if six],
+                                      ports=(("p", 8080, protocol),), family="IPv6", name=f"{name}-six"))
+    return objects
 
 
 @settings(max_examples=60, deadline=None)
@@ -60,6 +70,7 @@ def test_views_and_renders_that_follow_changes_end_as_built_from_nothing(steps, 
     following = {kind: make() for kind, (make, _, _) in renderers.items()}
     comparing = {kind: make() for kind, (make, _, _) in renderers.items()}
     told_cleaner, comparing_cleaner = ConntrackCleaner(4), ConntrackCleaner(4)
+    local_policy = PortFollower(lambda p: p.internal_policy_local or p.external_policy_local)  # the daemon's
     cluster = parse_objects([NODE])
     previous = builder.build(cluster)
     for kind, (_, text, _) in renderers.items():
@@ -94,4 +105,30 @@ def test_views_and_renders_that_follow_changes_end_as_built_from_nothing(steps, 
         assert rebuilt.keys() - render_changes.changed <= rendered.keys()
 
         assert told_cleaner._suspects(view, False) == comparing_cleaner._suspects(replace(view, changes=None), False)
+        followed_rule, walked_rule = StaleRule(told_cleaner._udp.ports.values(), view.node_ips_of(4)), \
+            StaleRule.of(view, 4)
+        assert (followed_rule.frontends, followed_rule.node_ports) == (walked_rule.frontends, walked_rule.node_ports)
+        local_policy.follow(view)
+        assert health_check_ports(local_policy.ports.values()) == health_check_ports(view.ports)
         previous = view
+
+
+def test_health_check_counts_do_not_depend_on_the_order_ports_changed_in():
+    """A dual-stack eTP=Local service has one healthCheckNodePort for two ports: its count is the
+    one a walk of the whole view gives, whichever family's port changed last."""
+    def objects(v4_ready: bool) -> list[dict]:
+        spec = {"type": "NodePort", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+                "clusterIPs": ["10.96.0.10", "fd00:96::10"], "ipFamilies": ["IPv4", "IPv6"]}
+        return [service("web", "10.96.0.10", ports=(("p", 80),), node_port=30000, **spec),
+                endpoint_slice("web", [endpoint("10.244.0.5", "node-a", ready=v4_ready)], ports=(("p", 8080),)),
+                endpoint_slice("web", [endpoint("fd00:244::5", "node-a")], ports=(("p", 8080),), family="IPv6",
+                               name="web-six")]
+
+    builder, local_policy = ViewBuilder("node-a"), PortFollower(lambda p: p.external_policy_local)
+    cluster = parse_objects([NODE, *objects(True)])
+    local_policy.follow(builder.build(cluster))
+    changes = replace_service(cluster, "web", objects(False))
+    view = builder.build(cluster, changes=changes)
+    assert [p.family for p in view.changes.changed] == [4], "only the IPv4 port changed"
+    local_policy.follow(view)
+    assert health_check_ports(local_policy.ports.values()) == health_check_ports(view.ports) == {32000: ("ns", "web", 1)}

@@ -20,6 +20,7 @@ from pyproxy.config import ProxyConfig
 from pyproxy.lab import Lab
 from pyproxy.lab.dataplane import LabDataplane
 from pyproxy.lab.spec import parse_spec
+from tests import factories
 
 SPEC = {
     "name": "t-ipvs",
@@ -47,9 +48,8 @@ def env():
 
 def service(selector, node_port=0, **spec):
     port = {"name": "http", "port": 80, "targetPort": 80, **({"nodePort": node_port} if node_port else {})}
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "default", "name": "web"},
-            "spec": {"clusterIP": CLUSTER_IP, "selector": selector, "ports": [port],
-                     **({"type": "NodePort"} if node_port else {}), **spec}}
+    return factories.service("web", CLUSTER_IP, (port,), namespace="default", api_version=True,
+                             **{"selector": selector, **({"type": "NodePort"} if node_port else {}), **spec})
 
 
 def ipvs_table(lab, node="n1") -> dict[str, dict[str, tuple[int, int]]]:
