@@ -207,11 +207,6 @@ class ViewChanges(NamedTuple):
     added: tuple[ServicePortView, ...]
     removed: frozenset[str]  # keys of the ports that went
 
-    @property
-    def same_ports(self) -> bool:
-        """No port came or went: the previous view's port order stands."""
-        return not self.added and not self.removed
-
 
 @dataclass(frozen=True)
 class NodeView:
