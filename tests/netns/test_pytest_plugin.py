@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -55,15 +56,24 @@ def test_a_failed_test_and_ctrl_c_still_remove_the_lab(tmp_path):
     before = lab_namespaces()
     out = pytest_run(tmp_path, "-k", "fails")
     assert "1 failed" in out.stdout and lab_namespaces() == before
+    # Ctrl-C as a terminal delivers it: with SIGINT's default action in the child, even when this
+    # run ignores it (a shell's background job does, and an ignored signal is inherited)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-k", "waits"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:
             if "LAB-UP" in line:
                 break
         assert lab_namespaces() != before, "the lab was up"
+        rest: list[str] = []  # read on: a child blocked on a full pipe could not finish its teardown
+        reader = threading.Thread(target=lambda: rest.extend(proc.stdout), daemon=True)
+        reader.start()
         proc.send_signal(signal.SIGINT)  # our own child, by PID
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("pytest did not stop within 60 s of Ctrl-C:\n" + "".join(rest[-40:])) from None
     finally:
         if proc.poll() is None:
             proc.kill()
