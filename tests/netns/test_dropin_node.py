@@ -110,6 +110,9 @@ def test_route_localnet_only_where_kube_proxy_sets_it(namespaces):
     for fields, expected in cases:
         ns = namespaces.new(f"rl{len(namespaces.names)}")
         with netns.entered(ns):
+            # a new namespace copies the root namespace's IPv4 `all` settings: start from the default
+            with open("/proc/sys/net/ipv4/conf/all/route_localnet", "w") as f:
+                f.write("0")
             Proxier("n1", ProxyConfig(cluster_cidrs=cidr, **fields), (4,))
         assert sysctl(ns, "net.ipv4.conf.all.route_localnet") == expected, fields
 
