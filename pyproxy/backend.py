@@ -38,6 +38,17 @@ class RenderChanges(NamedTuple):
     removed: frozenset[str]
 
 
+def changed_keys(old: Mapping[str, Any], services: Mapping[str, Any], changes: RenderChanges | None
+                 ) -> tuple[list[str], list[str]]:
+    """(changed, removed): the keys of `services` whose rules are not `old`'s, what a writer applied
+    last, and the keys `old` had that went. From the renderer's changes when they are relative to
+    that very `old` (no walk), else by comparing every entry."""
+    if changes is not None and changes.base is old:
+        return sorted(changes.changed), sorted(changes.removed)
+    return ([k for k, rules in services.items() if old.get(k) is not rules],
+            [k for k in old if k not in services])
+
+
 @dataclass
 class _Family:
     context: Hashable

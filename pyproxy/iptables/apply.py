@@ -16,7 +16,7 @@ import itertools
 import time
 from typing import Iterator, Mapping
 
-from ..backend import SyncResult
+from ..backend import SyncResult, changed_keys
 from ..xtables.client import ApplyError, XtablesClient
 from ..xtables.rules import (
     CANARY,
@@ -187,11 +187,7 @@ class IptablesBackend(XtablesClient):
     def _partial(self, ruleset: Ruleset) -> tuple[list[str] | None, int, int]:
         assert self._services is not None
         old = self._services
-        if ruleset.changes is not None and ruleset.changes.base is old:  # the renderer says what it changed
-            changed, removed = sorted(ruleset.changes.changed), sorted(ruleset.changes.removed)
-        else:
-            changed = [k for k, rules in ruleset.services.items() if old.get(k) is not rules]
-            removed = [k for k in old if k not in ruleset.services]
+        changed, removed = changed_keys(old, ruleset.services, ruleset.changes)
         new_chains: dict[str, list[str]] = {}
         for key in changed:
             new_chains.update(ruleset.services[key].chains)

@@ -311,7 +311,7 @@ class Renderer:
         ctx = Context.of(view, self.config, family)
         return self._memo.reuse(family, ctx, view, lambda sp: render_service(sp, ctx))
 
-    def rendered(self, family: int) -> tuple[dict[str, ServiceRules], RenderChanges | None]:
+    def rendered(self, family: int) -> tuple[Mapping[str, ServiceRules], RenderChanges | None]:
         """The rules of the last render_services iteration, and how they differ from the one before."""
         return self._memo.output(family), self._memo.changes
 

@@ -18,7 +18,7 @@ import subprocess
 import time
 from typing import Mapping
 
-from ..backend import SyncError, SyncResult
+from ..backend import SyncError, SyncResult, changed_keys
 from ..netlink.nftables import ElementBatch, ElementError, open_socket
 from .render import NftRuleset, ServiceNft, element_lines
 
@@ -97,12 +97,7 @@ class NftablesBackend:
         assert self._services is not None
         fam, table = self.fam, self.table
         old = self._services
-        if ruleset.changes is not None and ruleset.changes.base is old:  # the renderer says what it changed
-            changed = sorted(ruleset.changes.changed)
-            removed = sorted(ruleset.changes.removed)
-        else:
-            changed = [k for k, s in ruleset.services.items() if old.get(k) is not s]
-            removed = [k for k in old if k not in ruleset.services]
+        changed, removed = changed_keys(old, ruleset.services, ruleset.changes)
         new_chains: dict[str, list[str]] = {}
         new_sets: dict[str, str] = {}
         kept: set[str] = set()
